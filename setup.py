@@ -24,7 +24,7 @@ setup(
     version="0.1.0",
     description="Recurrent Memory Transformer (AAAI-24) replication: Trainer library, RMT wrappers, BABILong",
     python_requires=">=3.11",
-    packages=find_packages(include=["lm_experiments_tools*", "modeling_rmt*", "babilong*"]),
+    packages=find_packages(include=["lm_experiments_tools*", "modeling_rmt*", "babilong*", "arxiv_lm*"]),
     install_requires=TRAINER_REQUIRES,
     extras_require={
         "experiments": EXPERIMENT_REQUIRES,
