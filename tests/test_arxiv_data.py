@@ -1,0 +1,139 @@
+"""Tests of the ArXiv segment data (arxiv_lm.data) and its per-position metrics (arxiv_lm.metrics)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from datasets import Dataset, DatasetDict
+
+from arxiv_lm.data import (IGNORE_INDEX, SegmentCollator, SegmentDataset, ensure_pad_and_eos, hash_split,
+                           load_text_splits, text_file_splits, tokenize_splits)
+from arxiv_lm.metrics import block_nll, segment_metrics
+from arxiv_lm.offline import default_tokenizer, stdlib_docstring_documents
+
+SEGMENT = 4
+PAD = 0
+
+
+def make_dataset(doc_lengths, max_n_segments):
+    """Documents whose tokens are 1, 2, 3, ... so that every sample's content is easy to predict."""
+    documents = [list(range(1 + 100 * doc, 1 + 100 * doc + length)) for doc, length in enumerate(doc_lengths)]
+    return documents, SegmentDataset(documents, doc_lengths, SEGMENT, max_n_segments)
+
+
+def test_one_sample_per_full_block_with_history():
+    # doc 0: 2.5 blocks (shorter than the 3-block history), doc 1: 6 blocks (longer), doc 2: under one block
+    documents, dataset = make_dataset([10, 24, 3], max_n_segments=4)
+    assert len(dataset) == 2 + 6
+    expected = [documents[0][:4], documents[0][:8]]
+    expected += [documents[1][max(0, block - 3) * SEGMENT:(block + 1) * SEGMENT] for block in range(6)]
+    assert [dataset[i]["input_ids"].tolist() for i in range(len(dataset))] == expected
+    assert [len(dataset[i]["input_ids"]) // SEGMENT for i in range(len(dataset))] == [1, 2, 1, 2, 3, 4, 4, 4]
+    with pytest.raises(IndexError):
+        dataset[len(dataset)]
+
+
+def test_target_blocks_do_not_depend_on_max_n_segments():
+    last_blocks = []
+    for max_n_segments in (1, 3, 7):
+        _, dataset = make_dataset([10, 24, 17], max_n_segments)
+        last_blocks.append([dataset[i]["input_ids"][-SEGMENT:].tolist() for i in range(len(dataset))])
+    assert last_blocks[0] == last_blocks[1] == last_blocks[2]
+
+
+def test_collate_left_pads_and_scores_the_last_block():
+    _, dataset = make_dataset([10, 24], max_n_segments=3)
+    samples = [dataset[0], dataset[1], dataset[5]]  # 1, 2 and 3 blocks
+    batch = SegmentCollator(PAD, SEGMENT, max_n_segments=3)(samples)
+    assert {key: tuple(value.shape) for key, value in batch.items()} == {
+        "input_ids": (3, 12), "attention_mask": (3, 12), "labels": (3, 12), "labels_mask": (3, 12)}
+    assert batch["attention_mask"].sum(1).tolist() == [4, 8, 12]
+    assert batch["input_ids"][0, :8].eq(PAD).all() and batch["input_ids"][1, :4].eq(PAD).all()
+    assert batch["input_ids"][2].tolist() == samples[2]["input_ids"].tolist()
+    scored = torch.zeros(12, dtype=torch.bool)
+    scored[-SEGMENT + 1:] = True  # the last block without its first token, for every sample
+    assert batch["labels_mask"].eq(scored).all()
+    assert batch["labels"][:, scored].eq(batch["input_ids"][:, scored]).all()
+    assert batch["labels"][:, ~scored].eq(IGNORE_INDEX).all()
+
+
+def test_vary_n_segments_is_deterministic_and_keeps_whole_last_blocks():
+    _, dataset = make_dataset([200], max_n_segments=5)
+    collate = SegmentCollator(PAD, SEGMENT, max_n_segments=5, vary_n_segments=True, seed=3)
+    batches = [[dataset[i], dataset[i + 1]] for i in range(10, 40, 2)]
+    lengths = [collate(batch)["input_ids"].shape[1] for batch in batches]
+    assert lengths == [collate(batch)["input_ids"].shape[1] for batch in batches]
+    assert all(length % SEGMENT == 0 and SEGMENT <= length <= 5 * SEGMENT for length in lengths)
+    assert len(set(lengths)) > 1
+    cut = collate(batches[0])
+    assert cut["input_ids"][0].tolist() == batches[0][0]["input_ids"][-cut["input_ids"].shape[1]:].tolist()
+
+
+def test_block_nll_aligns_positions_from_the_first_real_block():
+    torch.manual_seed(0)
+    _, dataset = make_dataset([10, 24], max_n_segments=3)
+    batch = SegmentCollator(PAD, SEGMENT, max_n_segments=3)([dataset[0], dataset[1], dataset[5]])
+    logits = torch.randn(3, 12, 200)
+    kept = block_nll(logits, batch["input_ids"], batch["attention_mask"], SEGMENT, max_n_segments=3)
+    assert kept["position_count"].tolist() == [[3, 0, 0], [3, 3, 0], [3, 3, 3]]
+    token_nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), batch["input_ids"][:, 1:], reduction="none")
+    first_block_of_sample_1 = token_nll[1, 4:7].sum()
+    assert torch.allclose(kept["position_nll"][1, 0], first_block_of_sample_1)
+    last_block_loss = token_nll[:, -3:].sum() / 9
+    metrics = segment_metrics(kept)
+    assert metrics["last_block_loss"] == pytest.approx(last_block_loss.item(), rel=1e-5)
+    assert metrics["last_block_ppl"] == pytest.approx(math.exp(metrics["last_block_loss"]))
+    assert set(metrics) >= {"seg0_loss", "seg1_loss", "seg2_ppl", "all_blocks_loss"}
+
+
+def test_ensure_pad_and_eos_fallbacks_and_error():
+    tokenizer = ensure_pad_and_eos(default_tokenizer())  # MiniLM: [PAD] but no eos
+    assert tokenizer.eos_token == tokenizer.sep_token and tokenizer.pad_token == "[PAD]"
+    tokenizer.eos_token, tokenizer.sep_token, tokenizer.pad_token = None, None, None
+    with pytest.raises(ValueError, match="no eos token"):
+        ensure_pad_and_eos(tokenizer)
+
+
+def test_tokenize_appends_eos_once_per_document():
+    tokenizer = ensure_pad_and_eos(default_tokenizer())
+    splits = DatasetDict({"train": Dataset.from_dict({"text": ["hello world", "a b c d"]})})
+    tokenized = tokenize_splits(splits, tokenizer)["train"]
+    assert tokenized["n_tokens"] == [3, 5]
+    assert [doc[-1] for doc in tokenized["input_ids"]] == [tokenizer.eos_token_id] * 2
+
+
+def test_load_text_splits_checks_folder_and_splits(tmp_path):
+    with pytest.raises(ValueError, match="is not a folder"):
+        load_text_splits(dataset_path=tmp_path / "missing")
+    only_train = DatasetDict({"train": Dataset.from_dict({"text": ["x"]})})
+    only_train.save_to_disk(tmp_path / "only_train")
+    with pytest.raises(ValueError, match="missing \\['validation'\\]"):
+        load_text_splits(dataset_path=tmp_path / "only_train")
+    DatasetDict({"train": only_train["train"], "valid": only_train["train"]}).save_to_disk(tmp_path / "ok")
+    assert set(load_text_splits(dataset_path=tmp_path / "ok")) == {"train", "validation"}
+
+
+def test_text_file_splits_reads_one_document_per_file(tmp_path):
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.txt").write_text(f"document {name}")
+    splits = text_file_splits([tmp_path / "a.txt", tmp_path / "b.txt"], [tmp_path / "c.txt"])
+    assert splits["train"]["text"] == ["document a", "document b"] and splits["validation"]["text"] == ["document c"]
+    with pytest.raises(ValueError, match="not found"):
+        text_file_splits([tmp_path / "nope.txt"], [tmp_path / "c.txt"])
+
+
+def test_hash_split_is_stable_when_documents_are_added():
+    texts = {f"doc{i}": f"text {i}" for i in range(60)}
+    splits = hash_split(texts)
+    grown = hash_split({**texts, **{f"new{i}": "more" for i in range(20)}})
+    for split in splits:
+        assert set(splits[split]["name"]) <= set(grown[split]["name"])
+    assert sum(len(split) for split in splits.values()) == 60
+
+
+def test_stdlib_docstrings_in_source_order(tmp_path):
+    (tmp_path / "mod.py").write_text('"""Module doc."""\nclass A:\n    """Class doc."""\n'
+                                     '    def f(self):\n        """Method doc."""\ndef g():\n    """Function doc."""\n')
+    (tmp_path / "empty.py").write_text("x = 1\n")
+    documents = stdlib_docstring_documents(tmp_path)
+    assert documents == {"mod": "Module doc.\n\nClass doc.\n\nMethod doc.\n\nFunction doc."}
