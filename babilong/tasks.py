@@ -1,0 +1,241 @@
+"""Task sources for BABILong: the facts, question and answer that get hidden in background text.
+
+Two families (SPEC §5):
+- the AAAI-24 RMT paper's tasks, generated in code: `memorize`, `detect_memorize` and `reasoning`, each a
+  6-way classification over the places;
+- bAbI qa1..qa20 read from the standard files a user has (BABILong proper).
+
+A task is split-independent: `task.draw(rng, index, split)` gives one `TaskSample`. Generated tasks draw
+from `rng` and ignore `index`; bAbI tasks return the `index`-th question of the split's file.
+"""
+import glob
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+PLACES = ("bathroom", "hallway", "garden", "office", "bedroom", "kitchen")
+NAMES = ("Mary", "John", "Daniel", "Sandra")
+ACTIONS = ("moved", "went", "went back", "journeyed", "travelled")
+OPPOSITE_DIRECTION = {"north": "south", "south": "north", "east": "west", "west": "east"}
+DIRECTIONS = tuple(OPPOSITE_DIRECTION)
+
+# Where the facts go inside the background (see babilong.dataset for the exact rules).
+PLACEMENTS = ("start", "segment", "token", "sentence")
+SPLITS = ("train", "valid")
+BABI_TASK_NAMES = tuple(f"qa{n}" for n in range(1, 21))
+BABI_SUBFOLDER = os.path.join("tasks_1-20_v1-2", "en-10k")
+# A bAbI line is "ID text"; a question line is "ID question<TAB>answer<TAB>supporting ids".
+BABI_LINE = re.compile(r"^(\d+) (.*)$")
+
+
+@dataclass(frozen=True)
+class TaskSample:
+    """One task instance before it is hidden in background text.
+
+    Attributes:
+        facts: the story sentences, in order (distractors included).
+        question: the question sentence; it ends the model input.
+        answer: the answer text; one of the task's labels.
+        supporting: indices into `facts` of the facts that answer the question (empty when unknown).
+    """
+
+    facts: tuple
+    question: str
+    answer: str
+    supporting: tuple = field(default=())
+
+
+class Task:
+    """A task: its answer vocabulary (`labels`) and default fact placement; subclasses provide samples."""
+
+    def __init__(self, name: str, labels: Sequence[str], default_placement: str):
+        self.name = name
+        self.labels = tuple(labels)
+        self.default_placement = default_placement
+        self._label_ids = {label: i for i, label in enumerate(self.labels)}
+
+    def label_index(self, answer: str) -> int:
+        """Class index of `answer` in `labels`."""
+        return self._label_ids[answer]
+
+    def num_samples(self, split: str) -> Optional[int]:
+        """Number of distinct samples in `split`, or None for tasks generated on the fly."""
+        return None
+
+    def draw(self, rng: np.random.Generator, index: int, split: str) -> TaskSample:
+        """One sample: a pure function of (rng state, index, split)."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r}, n_labels={len(self.labels)})"
+
+
+class GeneratedTask(Task):
+    """A task whose samples come from a generator function of a numpy Generator."""
+
+    def __init__(self, name: str, labels: Sequence[str], default_placement: str,
+                 generate: Callable[[np.random.Generator], TaskSample]):
+        super().__init__(name, labels, default_placement)
+        self._generate = generate
+
+    def draw(self, rng, index, split):
+        return self._generate(rng)
+
+
+class BabiTask(Task):
+    """bAbI qa{N}: one sample per question; the answer vocabulary comes from the training file.
+
+    The `valid` split reads the `test` file (the en-10k release has no separate validation file).
+    """
+
+    def __init__(self, name: str, samples_by_split: dict):
+        labels = sorted({s.answer for s in samples_by_split["train"]})
+        super().__init__(name, labels, default_placement="sentence")
+        self._samples = {split: self._known_answers(samples, split) for split, samples in samples_by_split.items()}
+
+    def _known_answers(self, samples, split):
+        kept = [s for s in samples if s.answer in self._label_ids]
+        if len(kept) < len(samples):
+            logger.warning("%s %s: dropped %d questions whose answer is not in the training vocabulary",
+                           self.name, split, len(samples) - len(kept))
+        return kept
+
+    def num_samples(self, split):
+        return len(self._samples[split])
+
+    def draw(self, rng, index, split):
+        samples = self._samples[split]
+        return samples[index % len(samples)]
+
+
+def _pick(rng: np.random.Generator, options: Sequence):
+    return options[rng.integers(len(options))]
+
+
+def memorize_sample(rng: np.random.Generator) -> TaskSample:
+    """The paper's memorize fact: '<name> <action> to the <place>.' + 'Where is <name>?' -> place."""
+    name, action, place = _pick(rng, NAMES), _pick(rng, ACTIONS), _pick(rng, PLACES)
+    return TaskSample(facts=(f"{name} {action} to the {place}.",), question=f"Where is {name}?",
+                      answer=place, supporting=(0,))
+
+
+def _relation_sentence(rng, place: str, direction: str, anchor: str) -> str:
+    """'place is direction of anchor', phrased either way round (bAbI two-argument relations)."""
+    if rng.integers(2):
+        return f"The {anchor} is {OPPOSITE_DIRECTION[direction]} of the {place}."
+    return f"The {place} is {direction} of the {anchor}."
+
+
+def reasoning_sample(rng: np.random.Generator) -> TaskSample:
+    """Two relation facts around one anchor place; the question asks for one of the two neighbours.
+
+    A tiny world: an anchor place and two other places in two different directions of it, so every
+    question has exactly one answer. E.g. 'The hallway is east of the bathroom.' + 'The bedroom is west
+    of the bathroom.' + 'What is the bathroom east of?' -> bedroom.
+    """
+    anchor, *neighbours = rng.choice(PLACES, size=3, replace=False).tolist()
+    directions = rng.choice(DIRECTIONS, size=2, replace=False).tolist()
+    facts = tuple(_relation_sentence(rng, place, d, anchor) for place, d in zip(neighbours, directions))
+    target = int(rng.integers(2))
+    direction = directions[target]
+    if rng.integers(2):
+        question = f"What is {direction} of the {anchor}?"
+    else:
+        question = f"What is the {anchor} {OPPOSITE_DIRECTION[direction]} of?"
+    return TaskSample(facts=facts, question=question, answer=neighbours[target], supporting=(target,))
+
+
+def parse_babi_file(path: str) -> list:
+    """Read a bAbI file: each question becomes a sample whose facts are the story lines before it.
+
+    Args:
+        path: a `qa{N}_{name}_{train,test}.txt` file.
+
+    Returns:
+        list of TaskSample; `supporting` holds indices into that sample's `facts`.
+    """
+    samples, facts, fact_index_by_id = [], [], {}
+    with open(path, encoding="utf-8") as f:
+        for line_no, raw in enumerate(f, 1):
+            match = BABI_LINE.match(raw.rstrip("\n"))
+            if match is None:
+                raise ValueError(f"{path}:{line_no}: expected 'ID text', got {raw.rstrip()!r}")
+            line_id, text = int(match.group(1)), match.group(2)
+            if line_id == 1:  # a new story starts
+                facts, fact_index_by_id = [], {}
+            if "\t" not in text:
+                fact_index_by_id[line_id] = len(facts)
+                facts.append(text.strip())
+                continue
+            question, answer, supporting_ids = (part.strip() for part in (text.split("\t") + [""])[:3])
+            supporting = tuple(fact_index_by_id[int(i)] for i in supporting_ids.split())
+            samples.append(TaskSample(tuple(facts), question, answer, supporting))
+    return samples
+
+
+def find_babi_files(babi_path: Optional[str], task_name: str) -> dict:
+    """Locate the train and test files of bAbI task `task_name` (e.g. 'qa1') under `babi_path`.
+
+    `babi_path` may hold the files directly or the release layout `tasks_1-20_v1-2/en-10k/`.
+    """
+    if not babi_path or not os.path.isdir(babi_path):
+        raise ValueError(f"task {task_name} needs --babi_path, a folder with the bAbI files; got {babi_path!r}")
+    files = {}
+    for split, file_split in (("train", "train"), ("valid", "test")):
+        pattern = f"{task_name}_*_{file_split}.txt"
+        found = sorted(glob.glob(os.path.join(babi_path, pattern))
+                       or glob.glob(os.path.join(babi_path, BABI_SUBFOLDER, pattern)))
+        if not found:
+            raise ValueError(f"bAbI folder {babi_path!r} has no {pattern} (looked in it and in {BABI_SUBFOLDER}/)")
+        files[split] = found[0]
+    return files
+
+
+def load_babi_task(task_name: str, babi_path: str, max_n_facts: Optional[int] = None) -> BabiTask:
+    """Read bAbI task `task_name` ('qa1'..'qa20'); drop samples with more than `max_n_facts` facts."""
+    samples_by_split = {}
+    for split, path in find_babi_files(babi_path, task_name).items():
+        samples = parse_babi_file(path)
+        if max_n_facts is not None:
+            samples = [s for s in samples if len(s.facts) <= max_n_facts]
+        if not samples:
+            raise ValueError(f"{path} gives no questions (max_n_facts={max_n_facts})")
+        samples_by_split[split] = samples
+    return BabiTask(task_name, samples_by_split)
+
+
+def _paper_tasks() -> dict:
+    return {
+        "memorize": GeneratedTask("memorize", PLACES, "start", memorize_sample),
+        "detect_memorize": GeneratedTask("detect_memorize", PLACES, "segment", memorize_sample),
+        "reasoning": GeneratedTask("reasoning", PLACES, "sentence", reasoning_sample),
+    }
+
+
+TASK_NAMES = ("memorize", "detect_memorize", "reasoning") + BABI_TASK_NAMES
+
+
+def get_task(name: str, babi_path: Optional[str] = None, max_n_facts: Optional[int] = None) -> Task:
+    """Build a task by name.
+
+    Args:
+        name: one of TASK_NAMES: 'memorize', 'detect_memorize', 'reasoning' (the paper's tasks, generated)
+            or 'qa1'..'qa20' (bAbI, read from `babi_path`).
+        babi_path: folder with the bAbI files (bAbI tasks only).
+        max_n_facts: drop bAbI samples with more facts than this (bAbI tasks only).
+
+    Returns:
+        a Task.
+    """
+    if name in BABI_TASK_NAMES:
+        return load_babi_task(name, babi_path, max_n_facts)
+    paper_tasks = _paper_tasks()
+    if name not in paper_tasks:
+        raise ValueError(f"unknown task {name!r}; expected one of: {', '.join(TASK_NAMES)}")
+    return paper_tasks[name]
