@@ -1,0 +1,4 @@
+"""Recurrent memory wrappers for Hugging Face backbones (SPEC §4): an encoder classifier and a decoder LM."""
+from modeling_rmt.encoder import RMTEncoderForSequenceClassification
+
+__all__ = ["RMTEncoderForSequenceClassification"]

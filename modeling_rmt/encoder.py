@@ -1,0 +1,200 @@
+"""Recurrent Memory Transformer around a Hugging Face encoder classifier (BERT, RoBERTa, MiniLM); SPEC §4.
+
+Bulatov et al., "Recurrent Memory Transformer" (NeurIPS 2022) and "Beyond Attention: Breaking the Limits of
+Transformer Context Length with Recurrent Memory" (AAAI 2024): memory tokens are prepended to every segment,
+and the backbone's last hidden state at the memory positions becomes the memory of the next segment.
+"""
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from modeling_rmt.segments import (
+    check_bptt_depth,
+    check_memory_args,
+    input_embeddings,
+    memory_for_segment,
+    resolve_alignment,
+    segment_boundaries,
+)
+
+# tokens the wrapper drops from the input: it lays every segment out with its own special tokens
+DROPPED_SPECIAL_TOKENS = ("cls_token_id", "sep_token_id", "pad_token_id", "bos_token_id", "eos_token_id")
+REQUIRED_SPECIAL_TOKENS = ("cls_token_id", "sep_token_id", "pad_token_id")
+
+
+def special_token_ids(tokenizer):
+    """Return {name: id} of the tokenizer's special tokens; raise ValueError if cls/sep/pad is missing."""
+    ids = {name: getattr(tokenizer, name, None) for name in DROPPED_SPECIAL_TOKENS}
+    missing = [name for name in REQUIRED_SPECIAL_TOKENS if ids[name] is None]
+    if missing:
+        raise ValueError(f"tokenizer {type(tokenizer).__name__} lacks {missing}; the encoder layout "
+                         "[CLS] mem [SEP] tokens [SEP] pad needs a cls, a sep and a pad token")
+    return ids
+
+
+def pack_tokens(input_ids, keep, max_tokens):
+    """Move the kept tokens of each row to its front, preserving order, and truncate to `max_tokens`.
+
+    Args:
+        input_ids: (B, L) token ids.
+        keep: (B, L) bool, tokens to keep.
+        max_tokens: at most this many tokens are kept per sample (the first ones).
+
+    Returns:
+        tokens: (B, L') kept tokens at the front of each row (the rest is filler), L' >= 1.
+        lengths: (B,) number of kept tokens per sample.
+    """
+    lengths = keep.sum(dim=1).clamp(max=max_tokens)  # (B,)
+    order = torch.argsort(keep.logical_not().to(torch.uint8), dim=1, stable=True)  # kept positions first
+    width = max(int(lengths.max()), 1)
+    return input_ids.gather(1, order[:, :width]), lengths
+
+
+class RMTEncoderForSequenceClassification(nn.Module):
+    """Recurrent memory over the segments of a long input for a `*ForSequenceClassification` backbone.
+
+    Each segment is laid out as `[CLS] mem_1..mem_m [SEP] tokens [SEP] pad..` of `input_size` ids, so a segment
+    holds `segment_size = input_size - m - 3` tokens (499 for input_size 512 and m = 10, the paper's setting).
+    With `num_mem_tokens=0` the layout is the backbone's own `[CLS] tokens [SEP]` (segment_size = input_size - 2)
+    and segments are independent: the no-memory baseline.
+
+    Args:
+        base_model: a Hugging Face sequence classifier; its input embeddings are resized by `num_mem_tokens`.
+        num_mem_tokens: number of memory tokens m; their ids are appended after the vocabulary (the tokenizer is
+            not modified), their embeddings are the initial memory.
+        tokenizer: the backbone's tokenizer; only its cls, sep, pad (and bos, eos) token ids are used.
+        input_size: ids per segment fed to the backbone (at most its max_position_embeddings).
+        max_n_segments: at most `segment_size * max_n_segments` tokens of each sample are used (the first ones).
+            A plain attribute: it may be changed after construction, e.g. to evaluate on longer inputs.
+        bptt_depth: -1 for full backpropagation through time, or k >= 0: gradient flows through the last k
+            memory transitions only (k = 0: only through the last segment).
+        sum_loss: if True the loss is the mean of the segment losses, else the last segment's loss.
+        segment_alignment: 'right' (default, None), 'left' or 'center'; see `modeling_rmt.segments`.
+    """
+
+    def __init__(self, base_model, num_mem_tokens, tokenizer, input_size, max_n_segments, bptt_depth=-1,
+                 sum_loss=False, segment_alignment=None):
+        super().__init__()
+        check_memory_args(num_mem_tokens, max_n_segments)
+        check_bptt_depth("bptt_depth", bptt_depth, minimum=0)
+        self.alignment = resolve_alignment(segment_alignment)
+        special_ids = special_token_ids(tokenizer)
+        embeddings = input_embeddings(base_model)
+        n_layout_tokens = num_mem_tokens + 3 if num_mem_tokens else 2
+        max_positions = getattr(base_model.config, "max_position_embeddings", input_size)
+        if not n_layout_tokens < input_size <= max_positions:
+            raise ValueError(f"input_size={input_size} must exceed the {n_layout_tokens} layout ids "
+                             f"({num_mem_tokens} memory tokens + special tokens) and be at most the backbone's "
+                             f"max_position_embeddings={max_positions}")
+        self.model = base_model
+        self.num_mem_tokens = num_mem_tokens
+        self.input_size = input_size
+        self.segment_size = input_size - n_layout_tokens
+        self.max_n_segments = max_n_segments
+        self.bptt_depth = bptt_depth
+        self.sum_loss = sum_loss
+        self.cls_token_id, self.sep_token_id, self.pad_token_id = (special_ids[n] for n in REQUIRED_SPECIAL_TOKENS)
+        self.dropped_token_ids = sorted({i for i in special_ids.values() if i is not None})
+        self._add_memory_tokens(embeddings, len(tokenizer))
+
+    def _add_memory_tokens(self, embeddings, tokenizer_size):
+        """Append `num_mem_tokens` rows to the embeddings and build the fixed segment prefix."""
+        # after both the tokenizer's ids and any spare embedding rows, so no existing token is reused
+        first_mem_id = max(tokenizer_size, embeddings.num_embeddings)
+        if self.num_mem_tokens:
+            # new rows get the backbone's own weight init, as in the paper's code (older transformers)
+            self.model.resize_token_embeddings(first_mem_id + self.num_mem_tokens, mean_resizing=False)
+        mem_token_ids = torch.arange(first_mem_id, first_mem_id + self.num_mem_tokens)
+        separator = [self.sep_token_id] if self.num_mem_tokens else []
+        prefix = torch.tensor([self.cls_token_id, *mem_token_ids.tolist(), *separator])
+        self.register_buffer("mem_token_ids", mem_token_ids, persistent=False)  # (m,)
+        self.register_buffer("segment_prefix", prefix, persistent=False)  # (P,) [CLS] mem [SEP]
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None, show_progress=False):
+        """Run the backbone over the segments of `input_ids`, carrying memory from one segment to the next.
+
+        Args:
+            input_ids: (B, L) token ids; special and pad tokens are dropped per sample, as are positions where
+                `attention_mask` is 0.
+            attention_mask: optional (B, L) mask of real tokens.
+            token_type_ids: accepted for interface compatibility and ignored: every segment is re-laid out, and
+                gets type 0 throughout as in the paper's code.
+            labels: optional (B,) targets passed to the backbone's own loss, segment by segment.
+            output_attentions, output_hidden_states: also return `attentions_{i}` / `hidden_states_{i}` of each
+                segment slot i (memory then grows with the number of segments).
+            return_dict: False returns a tuple of the output's values.
+            show_progress: show a progress bar over segments.
+
+        Returns:
+            SequenceClassifierOutput with `logits` (B, C) and `loss` of the last segment (the mean over segments
+            with `sum_loss`), plus `loss_{i}` for each segment slot i; slots are aligned at the end of the batch,
+            so slot i of a sample with fewer segments may be empty, and then it does not contribute to `loss_{i}`.
+        """
+        keep = ~torch.isin(input_ids, torch.tensor(self.dropped_token_ids, device=input_ids.device))
+        if attention_mask is not None:
+            keep &= attention_mask.bool()
+        tokens, lengths = pack_tokens(input_ids, keep, self.segment_size * self.max_n_segments)  # (B, L'), (B,)
+        starts, ends, n_segments = segment_boundaries(lengths, self.segment_size, self.alignment)  # (B, K) x2
+        n_slots = starts.shape[1]
+        first_slot = n_slots - n_segments  # (B,)
+        initial_memory = self.input_embeddings(self.mem_token_ids).expand(len(input_ids), -1, -1)  # (B, m, H)
+        memory = initial_memory
+        per_segment, segment_losses = {}, []
+        for slot in tqdm(range(n_slots), desc="segments", disable=not show_progress):
+            active = (slot >= first_slot).nonzero().squeeze(1)  # (b,) samples with a segment in this slot
+            memory = memory_for_segment(memory, initial_memory, slot > first_slot, slot, n_slots, self.bptt_depth)
+            segment_ids, segment_mask = self._segment_layout(tokens, active, starts[active, slot], ends[active, slot])
+            output = self._run_segment(segment_ids, segment_mask, memory[active],
+                                       None if labels is None else labels[active], output_attentions)
+            new_memory = output.hidden_states[-1][:, 1:1 + self.num_mem_tokens]  # (b, m, H)
+            memory = memory.index_put((active,), new_memory.to(memory.dtype))
+            per_segment.update(self._segment_record(output, slot, output_attentions, output_hidden_states))
+            if output.loss is not None:
+                segment_losses.append(output.loss)
+        loss = None
+        if segment_losses:
+            loss = torch.stack(segment_losses).mean() if self.sum_loss else segment_losses[-1]
+        result = SequenceClassifierOutput(loss=loss, logits=output.logits)  # every sample is in the last slot
+        for key, value in per_segment.items():
+            result[key] = value
+        return result if return_dict is not False else result.to_tuple()
+
+    @property
+    def input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def _segment_layout(self, tokens, rows, starts, ends):
+        """Lay out one segment per sample: `[CLS] mem [SEP] tokens [SEP] pad..`.
+
+        Args:
+            tokens: (B, L') packed tokens; rows: (b,) the samples in this segment; starts, ends: (b,) their spans.
+
+        Returns:
+            input_ids, attention_mask: (b, input_size).
+        """
+        lengths = ends - starts  # (b,)
+        offsets = torch.arange(self.segment_size, device=tokens.device)  # (S,)
+        positions = (starts[:, None] + offsets).clamp(max=tokens.shape[1] - 1)  # (b, S)
+        body = tokens[rows[:, None], positions].masked_fill(offsets >= lengths[:, None], self.pad_token_id)
+        prefix = self.segment_prefix.expand(len(rows), -1)  # (b, P)
+        closing = torch.full_like(body[:, :1], self.pad_token_id)  # room for [SEP] after a full segment
+        input_ids = torch.cat([prefix, body, closing], dim=1)  # (b, input_size)
+        sep_position = prefix.shape[1] + lengths  # (b,)
+        input_ids.scatter_(1, sep_position[:, None], self.sep_token_id)
+        attention_mask = torch.arange(self.input_size, device=tokens.device) <= sep_position[:, None]
+        return input_ids, attention_mask.long()
+
+    def _run_segment(self, input_ids, attention_mask, memory, labels, output_attentions):
+        """Embed the segment, write `memory` (b, m, H) into the memory positions and run the backbone."""
+        embeds = self.input_embeddings(input_ids)  # (b, input_size, H)
+        embeds = torch.cat([embeds[:, :1], memory.to(embeds.dtype), embeds[:, 1 + self.num_mem_tokens:]], dim=1)
+        return self.model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                          output_hidden_states=True, output_attentions=bool(output_attentions))
+
+    @staticmethod
+    def _segment_record(output, slot, output_attentions, output_hidden_states):
+        """What the caller asked to keep of this segment's output: its loss, attentions, hidden states."""
+        wanted = {"loss": True, "attentions": output_attentions, "hidden_states": output_hidden_states}
+        return {f"{key}_{slot}": output[key] for key, keep in wanted.items() if keep and output.get(key) is not None}

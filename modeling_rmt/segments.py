@@ -1,0 +1,99 @@
+"""Helpers shared by the encoder and decoder memory wrappers: argument checks, segmentation, truncated BPTT.
+
+Segment alignment (SPEC §4) decides where a sequence of `n` tokens is cut into `k = ceil(n / segment_size)`
+segments: `right` (the default) makes the last segment full and the first one partial, `left` makes the first
+full and the last partial, `center` makes all `k` segments as equal as possible (lengths differ by at most 1).
+"""
+import torch
+from torch import nn
+
+ALIGNMENTS = ("right", "left", "center")
+
+
+def resolve_alignment(alignment):
+    """Return the alignment name, `right` for None; raise ValueError for an unknown one."""
+    alignment = "right" if alignment is None else alignment
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"segment_alignment={alignment!r} is not supported; expected one of {ALIGNMENTS} or None")
+    return alignment
+
+
+def check_memory_args(num_mem_tokens, max_n_segments=None):
+    """Raise ValueError for a negative number of memory tokens or fewer than one segment."""
+    if not isinstance(num_mem_tokens, int) or num_mem_tokens < 0:
+        raise ValueError(f"num_mem_tokens={num_mem_tokens!r}; expected an integer >= 0")
+    if max_n_segments is not None and (not isinstance(max_n_segments, int) or max_n_segments < 1):
+        raise ValueError(f"max_n_segments={max_n_segments!r}; expected an integer >= 1")
+
+
+def check_bptt_depth(name, value, minimum):
+    """Raise ValueError unless `value` is -1 (full BPTT) or an integer >= `minimum`."""
+    if not isinstance(value, int) or (value != -1 and value < minimum):
+        raise ValueError(f"{name}={value!r}; expected -1 (full backpropagation through time) or an integer >= {minimum}")
+
+
+def input_embeddings(base_model):
+    """Return the backbone's input embedding module; raise ValueError if it has none."""
+    try:
+        embeddings = base_model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        embeddings = None
+    if not isinstance(embeddings, nn.Embedding):
+        raise ValueError(f"base_model {type(base_model).__name__} has no input embeddings (get_input_embeddings() "
+                         f"returned {type(embeddings).__name__}); expected an nn.Embedding")
+    return embeddings
+
+
+def segment_boundaries(lengths, segment_size, alignment):
+    """Cut each sequence into segments and place the segments of every sample at the end of a shared grid.
+
+    Args:
+        lengths: (B,) number of tokens of each sample.
+        segment_size: maximum number of tokens per segment.
+        alignment: one of ALIGNMENTS.
+
+    Returns:
+        starts, ends: (B, K) token offsets of slot j of each sample, K = the largest number of segments in the
+            batch. A sample with k segments occupies the last k slots; its leading slots are empty (start = end).
+            An empty sample counts as one empty segment, so every sample is present in the last slot.
+        n_segments: (B,) number of segments of each sample.
+    """
+    n_segments = torch.div(lengths + segment_size - 1, segment_size, rounding_mode="floor").clamp(min=1)  # (B,)
+    n_slots = int(n_segments.max())
+    slots = torch.arange(n_slots, device=lengths.device)  # (K,)
+    index = slots[None, :] - (n_slots - n_segments)[:, None]  # (B, K) segment index within the sample, < 0 if empty
+    n, k = lengths[:, None], n_segments[:, None]
+    if alignment == "right":
+        ends = n - (k - 1 - index) * segment_size
+        starts = (ends - segment_size).clamp(min=0)
+    elif alignment == "left":
+        starts = index * segment_size
+        ends = torch.minimum(starts + segment_size, n)
+    else:
+        starts = torch.div(index * n, k, rounding_mode="floor")
+        ends = torch.div((index + 1) * n, k, rounding_mode="floor")
+    empty = index < 0
+    return starts.masked_fill(empty, 0), ends.masked_fill(empty, 0), n_segments
+
+
+def memory_for_segment(memory, initial_memory, started, segment_index, n_segments, bptt_transitions):
+    """Memory that enters segment `segment_index`, with truncated backpropagation through time.
+
+    Gradient flows through at most the last `bptt_transitions` memory transitions (-1: all), i.e. the memory
+    entering segment j is detached when j < n_segments - bptt_transitions. A sample that has not started yet
+    (its earlier segments were empty) gets the initial memory, untouched by truncation, so that it is treated
+    exactly as if it were alone in the batch.
+
+    Args:
+        memory: (B, m, H) memory carried from the previous segment.
+        initial_memory: (B, m, H) memory before the first segment.
+        started: (B,) bool, True for samples that already processed a non-empty segment.
+        segment_index, n_segments: position of this segment and the number of segments.
+        bptt_transitions: -1 or the number of most recent transitions that keep their gradient.
+
+    Returns:
+        (B, m, H) memory for this segment.
+    """
+    if bptt_transitions >= 0 and segment_index < n_segments - bptt_transitions:
+        memory = memory.detach()
+    return torch.where(started[:, None, None], memory, initial_memory)
