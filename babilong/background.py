@@ -165,14 +165,15 @@ def _stdlib_documents() -> tuple:
 
 @lru_cache(maxsize=1)
 def _default_sentences_by_split() -> dict:
-    """Prose sentences of the stdlib documents, each unique sentence in one split only."""
+    """Prose sentences of the stdlib documents, each unique sentence (ignoring case) in one split only."""
     by_split, seen = {"train": [], "valid": []}, set()
     for name, docstring in _stdlib_documents():
         split = "valid" if _is_valid_document(name) else "train"
         for paragraph in _prose_paragraphs(docstring):
             for sentence in split_sentences(paragraph):
-                if sentence not in seen and _is_prose_sentence(sentence):
-                    seen.add(sentence)
+                key = sentence.casefold()  # uncased tokenizers would make 'Task' and 'task' one sentence
+                if key not in seen and _is_prose_sentence(sentence):
+                    seen.add(key)
                     by_split[split].append(sentence)
     return by_split
 
@@ -328,14 +329,14 @@ def load_background(spec: str, split: str, tokenizer=None, cache_dir: Optional[s
     """
     tokenizer = tokenizer if tokenizer is not None else load_default_tokenizer()
     key = (_source_key(spec), split, _tokenizer_key(tokenizer))
-    if key in _CORPUS_CACHE:
-        return _CORPUS_CACHE[key]
     cache_path = _cache_file(cache_dir, key) if cache_dir else None
-    corpus = _read_cache(cache_path, spec, split) if cache_path else None
+    corpus = _CORPUS_CACHE.get(key)
+    if corpus is None and cache_path:
+        corpus = _read_cache(cache_path, spec, split)
     if corpus is None:
         corpus = tokenize_sentences(background_sentences(spec, split), tokenizer, spec, split)
         logger.info("background %r %s: %d sentences, %d tokens", spec, split, corpus.n_sentences, corpus.n_tokens)
-        if cache_path:
-            _write_cache(cache_path, corpus)
+    if cache_path and not os.path.exists(cache_path):
+        _write_cache(cache_path, corpus)
     _CORPUS_CACHE[key] = corpus
     return corpus
