@@ -4,7 +4,7 @@ A background source is named by a string spec (`load_background(spec, split, tok
 - 'default': the offline default (SPEC §8): the prose of the Python standard library's docstrings and of its
   language reference topics (`pydoc_data.topics`), present on every Python install. Documents (modules,
   reference topics) go to train or valid by a stable hash of their name; a sentence is kept only at its first
-  occurrence, so the two splits share no sentence. It is small (about 1.7e5 train and 4e4 valid tokens with
+  occurrence, so the two splits share no sentence. It is small (about 168k train and 34k valid tokens with
   the MiniLM tokenizer), so long samples wrap around it (see `BackgroundCorpus`).
 - a folder written by `datasets.Dataset.save_to_disk` (a DatasetDict uses its 'train' and
   'validation'/'valid'/'test' splits; a single Dataset is split by document hash);
