@@ -12,7 +12,8 @@ A background source is named by a string spec (`load_background(spec, split, tok
   paragraphs at blank lines; documents go to train or valid by hash);
 - a Hugging Face hub dataset 'name' or 'name:config', e.g. 'tau/scrolls:quality' (the paper) or 'pg19'
   (BABILong), splits 'train' and 'validation' (needs internet; never used by the tests).
-Dataset text is read from the first column among TEXT_COLUMNS.
+Dataset text is read from the first column among TEXT_COLUMNS. A hub source is streamed and, like any source,
+read up to MAX_SOURCE_CHARS characters.
 
 Sentences are split by a simple regex: a boundary is whitespace after '.', '!' or '?' followed by an
 upper-case letter, a digit or an opening quote or bracket. Sentences holding a special token (e.g. [UNK])
@@ -49,6 +50,8 @@ HUB_NAME = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
 CODE_LINE_PREFIXES = (">>>", "...", "..", "$", "#", "|", "+", "-", "*", "=", ":", "{", "}", "[", "(")
 STDLIB_SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "__pycache__"}
 CACHE_FORMAT_VERSION = 1
+TOKENIZE_BATCH_SIZE = 50_000  # sentences per tokenizer call: Python token lists of a whole source would not fit
+MAX_SOURCE_CHARS = 200_000_000  # about 50M tokens: a long-enough background; PG19's 11 GB would not fit in memory
 
 _CORPUS_CACHE = {}  # (source key, split, tokenizer key) -> BackgroundCorpus, filled on first use
 
@@ -213,15 +216,31 @@ def _dataset_split_documents(dataset, split: str, source: str) -> list:
 
 
 def _hub_documents(spec: str, split: str) -> list:
-    """Texts of a Hugging Face hub dataset 'name[:config]' (downloads; for users with internet)."""
+    """Texts of a Hugging Face hub dataset 'name[:config]', streamed up to MAX_SOURCE_CHARS (needs internet)."""
     from datasets import load_dataset
     name, _, config = spec.partition(":")
     try:
-        dataset = load_dataset(name, config or None, split=HUB_SPLITS[split])
+        examples = iter(load_dataset(name, config or None, split=HUB_SPLITS[split], streaming=True))
+        first = next(examples)
     except Exception as error:  # any hub/network/format failure means the source cannot be found
         raise ValueError(f"background source {spec!r} could not be loaded from the Hugging Face hub "
                          f"({type(error).__name__}: {error}); accepted kinds: {'; '.join(SOURCE_KINDS)}") from error
-    return list(dataset[_text_column(dataset, spec)])
+    column = next((c for c in TEXT_COLUMNS if c in first), None)
+    if column is None:
+        raise ValueError(f"background source {spec!r} has none of the text columns {TEXT_COLUMNS}; "
+                         f"columns: {list(first)}")
+    return _up_to_max_chars(example[column] for example in chain([first], examples))
+
+
+def _up_to_max_chars(texts) -> list:
+    """The first texts holding MAX_SOURCE_CHARS characters in all: enough background, bounded memory."""
+    kept, n_chars = [], 0
+    for text in texts:
+        if n_chars >= MAX_SOURCE_CHARS:
+            break
+        kept.append(text)
+        n_chars += len(text)
+    return kept
 
 
 def _txt_paths(spec: str) -> Optional[list]:
@@ -266,18 +285,26 @@ def background_sentences(spec: str, split: str) -> list:
     if spec == "default":
         return _default_sentences_by_split()[split]
     texts = _path_texts(spec, split) if _looks_like_path(spec) else _hub_documents(spec, split)
-    return list(chain.from_iterable(split_sentences(t) for t in texts if t))
+    return list(chain.from_iterable(split_sentences(t) for t in _up_to_max_chars(texts) if t))
+
+
+def _tokenize_batch(sentences: list, tokenizer, special_ids: set):
+    """(token ids int32, per-sentence lengths) of one batch; sentences holding special tokens are dropped."""
+    token_lists = tokenizer(sentences, add_special_tokens=False, verbose=False)["input_ids"]
+    token_lists = [ids for ids in token_lists if ids and special_ids.isdisjoint(ids)]
+    lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+    return np.fromiter(chain.from_iterable(token_lists), dtype=np.int32, count=int(lengths.sum())), lengths
 
 
 def tokenize_sentences(sentences: list, tokenizer, source: str = "", split: str = "") -> BackgroundCorpus:
-    """Tokenize sentences in one batch call and lay them end to end; drop those holding special tokens."""
-    token_lists = tokenizer(sentences, add_special_tokens=False, verbose=False)["input_ids"] if sentences else []
+    """Tokenize sentences in batches and lay them end to end in one array."""
     special_ids = set(tokenizer.all_special_ids)
-    token_lists = [ids for ids in token_lists if ids and special_ids.isdisjoint(ids)]
-    if not token_lists:
+    batches = [_tokenize_batch(sentences[i:i + TOKENIZE_BATCH_SIZE], tokenizer, special_ids)
+               for i in range(0, len(sentences), TOKENIZE_BATCH_SIZE)]
+    lengths = np.concatenate([lengths for _, lengths in batches] or [np.zeros(0, dtype=np.int64)])
+    if not lengths.size:
         raise ValueError(f"background source {source!r} gives no usable sentences for split {split!r}")
-    lengths = np.fromiter((len(ids) for ids in token_lists), dtype=np.int64, count=len(token_lists))
-    token_ids = np.fromiter(chain.from_iterable(token_lists), dtype=np.int32, count=int(lengths.sum()))
+    token_ids = np.concatenate([ids for ids, _ in batches])
     sentence_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     return BackgroundCorpus(token_ids, sentence_starts, source, split)
 

@@ -243,3 +243,24 @@ def test_empty_babi_folder_and_unknown_background_name_the_culprit(tokenizer, tm
         get_task("qa3", babi_path=str(tmp_path))
     with pytest.raises(ValueError, match=f"{re.escape(str(tmp_path))}.*not found.*save_to_disk"):
         load_background(str(tmp_path), "train", tokenizer)
+
+
+def test_hub_source_streams_the_named_config_and_split(tokenizer, monkeypatch):
+    import datasets
+    calls = []
+
+    def fake_load_dataset(name, config, split, streaming):
+        calls.append((name, config, split, streaming))
+        return iter([{"input": PROSE.format(f"hub{i}"), "pid": i} for i in range(3)])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    corpus = load_background("tau/scrolls:quality", "valid", tokenizer)
+    assert calls == [("tau/scrolls", "quality", "validation", True)]
+    assert corpus.n_sentences == 12
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no internet")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ValueError, match="'pg19' could not be loaded.*no internet.*accepted kinds"):
+        load_background("pg19", "train", tokenizer)
