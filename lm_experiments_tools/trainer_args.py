@@ -1,0 +1,136 @@
+"""`TrainerArgs`: every option of the Trainer, as a dataclass that `transformers.HfArgumentParser` turns into flags.
+
+Batch size convention: `batch_size` is the number of samples in one forward pass of one process. One optimizer
+step consumes `batch_size * gradient_accumulation_steps` samples per process, so the training DataLoader must be
+built with `batch_size=args.batch_size * args.gradient_accumulation_steps`; the Trainer splits each of its
+batches into sub-batches of `batch_size`.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+
+from transformers import SchedulerType
+
+# The plateau schedule needs the validation metric at each step: it is offered as `use_lr_drop` instead.
+STEP_LR_SCHEDULERS = tuple(s.value for s in SchedulerType if s != SchedulerType.REDUCE_ON_PLATEAU)
+OPTIMIZE_MODES = ("min", "max")
+THRESHOLD_MODES = ("rel", "abs")
+
+
+def _help(default, text: str):
+    """A dataclass field with help text (HfArgumentParser's formatter appends the default itself)."""
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TrainerArgs:
+    """Options of `Trainer` (SPEC §3). Validated on construction; see the module docstring for batch sizes."""
+
+    model_path: str | None = _help(
+        None, "Folder for checkpoints, tensorboard events, config.json and git.diff; None writes nothing")
+    log_interval: int = _help(10, "Log training metrics, learning rate and gradient norm every N optimizer steps")
+    valid_interval: int | None = _help(
+        None, "Validate every N optimizer steps; None validates only once, after the last step")
+    save_interval: int | None = _help(
+        None, "Save model_{n_iter}.pth every N optimizer steps and after the last step; None: no interval saves")
+    save_best: bool = _help(False, "Save model_best.pth whenever the optimized validation metric improves")
+    use_generate_on_valid: bool = _help(
+        False, "During validation also call model.generate and pass its result to the metric hooks as "
+               "output['generation_outputs']")
+    init_checkpoint: str | None = _help(
+        None, "Checkpoint file to start from (model, optimizer, lr schedule, iteration unless reset)")
+    skip_used_data: bool = _help(
+        False, "With init_checkpoint: restore the data position and random states, i.e. continue the run exactly")
+    reset_lr: bool = _help(False, "With init_checkpoint: keep this run's lr and restart the lr schedule")
+    reset_iteration: bool = _help(
+        False, "With init_checkpoint: start counting steps, data and best metric from zero")
+    reset_optimizer: bool = _help(False, "With init_checkpoint: do not load the optimizer (and grad scaler) state")
+    resume: bool = _help(
+        False, "Continue from the newest checkpoint in model_path (exactly: data position and random states "
+               "included); starts from scratch (or init_checkpoint) if model_path has none")
+    lr: float | None = _help(
+        None, "Learning rate set on every optimizer param group; None keeps the optimizer's own")
+    batch_size: int = _help(
+        1, "Samples per forward pass per process; the train DataLoader must yield batch_size * "
+           "gradient_accumulation_steps samples per batch")
+    iters: int = _help(100, "Number of optimizer steps to train for")
+    gradient_accumulation_steps: int = _help(
+        1, "Sub-batches of batch_size per optimizer step; each sub-batch loss is divided by their number")
+    fp16: bool = _help(False, "float16 autocast with a gradient scaler (meant for CUDA)")
+    bf16: bool = _help(False, "bfloat16 autocast (CUDA or CPU), no gradient scaler")
+    clip_grad_norm: float | None = _help(
+        None, "Clip the global gradient norm to this value; exclusive with clip_grad_value")
+    clip_grad_value: float | None = _help(
+        None, "Clip every gradient element to [-value, value]; exclusive with clip_grad_norm")
+    early_stopping_patience: int | None = _help(
+        None, "Stop after this many validations without improvement of optimize_metric; None never stops early")
+    lr_scheduler: str | None = _help(
+        None, f"Per-step schedule of transformers.get_scheduler, one of {', '.join(STEP_LR_SCHEDULERS)}; "
+              f"needs lr; None keeps lr constant")
+    num_warmup_steps: int = _help(0, "Warm-up steps of lr_scheduler")
+    num_training_steps: int | None = _help(None, "Length of lr_scheduler in optimizer steps; None uses iters")
+    use_lr_drop: bool = _help(
+        False, "Multiply lr by lr_drop_factor when optimize_metric stops improving (ReduceLROnPlateau); "
+               "needs validation data; exclusive with lr_scheduler")
+    lr_drop_factor: float = _help(0.1, "ReduceLROnPlateau factor")
+    lr_drop_patience: int = _help(10, "ReduceLROnPlateau patience, in validations")
+    lr_drop_threshold: float = _help(1e-4, "ReduceLROnPlateau threshold")
+    lr_drop_threshold_mode: str = _help("rel", "ReduceLROnPlateau threshold mode: rel or abs")
+    lr_drop_cooldown: int = _help(0, "ReduceLROnPlateau cooldown, in validations")
+    lr_drop_min_lr: float = _help(0.0, "ReduceLROnPlateau lower bound of lr")
+    lr_drop_eps: float = _help(1e-8, "ReduceLROnPlateau: smaller lr changes are ignored")
+    optimize_metric: str = _help(
+        "loss", "Validation metric that decides the best checkpoint, early stopping and lr drops")
+    optimize_mode: str = _help("min", "Whether optimize_metric improves when it gets smaller (min) or larger (max)")
+    seed: int = _help(42, "Seed of Python, NumPy and torch at the start of training (plus the process rank)")
+    max_nonfinite_steps: int = _help(
+        10, "Stop with an error after this many consecutive steps with non-finite loss or gradients "
+            "(such steps are skipped)")
+    ddp_find_unused_parameters: bool = _help(
+        False, "Multi-process only: let DDP handle parameters that get no gradient in a step")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the options that make sense on their own; raise ValueError naming the bad value."""
+        for name in ("batch_size", "gradient_accumulation_steps", "log_interval", "max_nonfinite_steps"):
+            _require_at_least(name, getattr(self, name), 1)
+        for name in ("valid_interval", "save_interval", "early_stopping_patience", "num_training_steps"):
+            if getattr(self, name) is not None:
+                _require_at_least(name, getattr(self, name), 1)
+        _require_at_least("iters", self.iters, 0)
+        _require_at_least("num_warmup_steps", self.num_warmup_steps, 0)
+        if self.clip_grad_norm is not None and self.clip_grad_value is not None:
+            raise ValueError(f"clip_grad_norm={self.clip_grad_norm} and clip_grad_value={self.clip_grad_value} "
+                             f"are both set: expected at most one of them")
+        if self.fp16 and self.bf16:
+            raise ValueError("fp16 and bf16 are both set: expected at most one of them")
+        _require_choice("optimize_mode", self.optimize_mode, OPTIMIZE_MODES)
+        _require_choice("lr_drop_threshold_mode", self.lr_drop_threshold_mode, THRESHOLD_MODES)
+        if self.lr_scheduler is not None:
+            _require_choice("lr_scheduler", self.lr_scheduler, STEP_LR_SCHEDULERS)
+            if self.lr is None:
+                raise ValueError(f"lr_scheduler={self.lr_scheduler!r} needs lr: expected a value for lr")
+            if self.use_lr_drop:
+                raise ValueError(f"use_lr_drop and lr_scheduler={self.lr_scheduler!r} are both set: "
+                                 f"expected at most one lr schedule")
+        if self.resume and self.model_path is None:
+            raise ValueError("resume needs model_path: expected the run folder to resume from")
+
+    @classmethod
+    def from_any(cls, args) -> "TrainerArgs":
+        """TrainerArgs from an object holding (some of) its fields, e.g. a script's argparse Namespace."""
+        if isinstance(args, cls):
+            return args
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        return cls(**values)
+
+
+def _require_at_least(name: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r} is invalid: expected an integer >= {minimum}")
+
+
+def _require_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is invalid: expected one of {', '.join(map(str, choices))}")
