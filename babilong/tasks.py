@@ -12,6 +12,7 @@ import glob
 import logging
 import os
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -51,7 +52,7 @@ class TaskSample:
     supporting: tuple = field(default=())
 
 
-class Task:
+class Task(ABC):
     """A task: its answer vocabulary (`labels`) and default fact placement; subclasses provide samples."""
 
     def __init__(self, name: str, labels: Sequence[str], default_placement: str):
@@ -68,9 +69,9 @@ class Task:
         """Number of distinct samples in `split`, or None for tasks generated on the fly."""
         return None
 
+    @abstractmethod
     def draw(self, rng: np.random.Generator, index: int, split: str) -> TaskSample:
         """One sample: a pure function of (rng state, index, split)."""
-        raise NotImplementedError
 
     def __repr__(self):
         return f"{type(self).__name__}(name={self.name!r}, n_labels={len(self.labels)})"
@@ -174,6 +175,9 @@ def parse_babi_file(path: str) -> list:
                 facts.append(text.strip())
                 continue
             question, answer, supporting_ids = (part.strip() for part in (text.split("\t") + [""])[:3])
+            unknown_ids = [i for i in supporting_ids.split() if not i.isdigit() or int(i) not in fact_index_by_id]
+            if unknown_ids:
+                raise ValueError(f"{path}:{line_no}: supporting ids {unknown_ids} are not story lines above it")
             supporting = tuple(fact_index_by_id[int(i)] for i in supporting_ids.split())
             samples.append(TaskSample(tuple(facts), question, answer, supporting))
     return samples
