@@ -15,7 +15,7 @@ from .tasks import PLACEMENTS, SPLITS, TASK_NAMES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m babilong.show", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, help=f"one of: {', '.join(TASK_NAMES)}")
     parser.add_argument("--input_seq_len", type=int, required=True, help="task tokens per sample")
     parser.add_argument("--tokenizer", default=None,
