@@ -1,0 +1,252 @@
+"""Recurrent Memory Transformer around a Hugging Face causal LM (GPT-2, GPT-NeoX, Llama-style); SPEC §4.
+
+Bulatov et al., "Scaling Transformer to 1M tokens and beyond with RMT" (2023) / AAAI 2024: a learned memory is
+read at the start of each segment and written at its end, `[mem read] tokens [mem write]`; the last hidden
+state at the write positions is the memory of the next segment. `MemoryCell` is one segment step and
+`RecurrentWrapper` the loop over segments.
+"""
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.modeling_outputs import CausalLMOutput
+
+from modeling_rmt.segments import (
+    check_bptt_depth,
+    check_memory_args,
+    input_embeddings,
+    memory_for_segment,
+    resolve_alignment,
+    segment_boundaries,
+)
+
+IGNORE_INDEX = -100
+
+
+def check_one_input(input_ids, inputs_embeds):
+    """Raise ValueError unless exactly one of `input_ids` and `inputs_embeds` is given."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids and inputs_embeds")
+
+
+def positions_from_mask(attention_mask):
+    """(B, T) 0/1 mask -> (B, T) position ids that skip masked positions, as `generate` computes them."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+class MemoryCell(nn.Module):
+    """One segment step of the decoder RMT: `[memory read] tokens [memory write]` through a causal LM.
+
+    Args:
+        base_model: a Hugging Face causal LM that accepts `inputs_embeds`.
+        num_mem_tokens: number of memory vectors m; 0 runs the bare backbone.
+    """
+
+    def __init__(self, base_model, num_mem_tokens):
+        super().__init__()
+        check_memory_args(num_mem_tokens)
+        embeddings = input_embeddings(base_model)
+        self.model = base_model
+        self.num_mem_tokens = num_mem_tokens
+        # SPEC §4: random normal scaled to the spread of the token embeddings
+        weight = embeddings.weight.detach()
+        self.memory = nn.Parameter(torch.randn(num_mem_tokens, weight.shape[1], dtype=weight.dtype,
+                                               device=weight.device) * weight.float().std().to(weight.dtype))
+        self.accepts_position_ids = "position_ids" in inspect.signature(base_model.forward).parameters
+
+    def initial_memory(self, batch_size):
+        """(B, m, H) memory before the first segment."""
+        return self.memory[None].expand(batch_size, -1, -1)
+
+    def forward(self, input_ids=None, memory_state=None, attention_mask=None, inputs_embeds=None, **model_kwargs):
+        """Run one segment.
+
+        Args:
+            input_ids: (B, T) token ids, or `inputs_embeds` (B, T, H).
+            memory_state: (B, m, H) memory to read; None for the initial memory.
+            attention_mask: optional (B, T) mask of real tokens (padding may be anywhere).
+            model_kwargs: passed to the backbone (e.g. output_attentions).
+
+        Returns:
+            (output, new_memory): the backbone's output with `logits` (B, T, V) cut to the token positions,
+            and the (B, m, H) memory written by this segment.
+        """
+        embeds = self._token_embeddings(input_ids, inputs_embeds)  # (B, T, H)
+        batch_size, n_tokens = embeds.shape[:2]
+        memory = self.initial_memory(batch_size) if memory_state is None else memory_state
+        memory = memory.to(embeds.dtype)
+        inputs_embeds = torch.cat([memory, embeds, memory], dim=1)  # (B, m + T + m, H)
+        output = self.model(**self._model_inputs(inputs_embeds, attention_mask, n_tokens, write=True),
+                            use_cache=False, output_hidden_states=True, **model_kwargs)
+        new_memory = output.hidden_states[-1][:, self.num_mem_tokens + n_tokens:]  # (B, m, H)
+        output.logits = output.logits[:, self.num_mem_tokens:self.num_mem_tokens + n_tokens]
+        return output, new_memory
+
+    def generate(self, input_ids, memory_state=None, attention_mask=None, **generate_kwargs):
+        """Generate after `[memory read] input_ids` with the backbone's `generate`.
+
+        Returns:
+            (B, n_new) generated token ids (the backbone returns only new tokens when given `inputs_embeds`).
+        """
+        embeds = self._token_embeddings(input_ids, None)  # (B, T, H)
+        memory = self.initial_memory(len(embeds)) if memory_state is None else memory_state
+        inputs_embeds = torch.cat([memory.to(embeds.dtype), embeds], dim=1)  # (B, m + T, H)
+        inputs = self._model_inputs(inputs_embeds, attention_mask, embeds.shape[1], write=False)
+        inputs.pop("position_ids", None)  # generate derives them from the attention mask the same way
+        return self.model.generate(**inputs, **generate_kwargs)
+
+    def _token_embeddings(self, input_ids, inputs_embeds):
+        check_one_input(input_ids, inputs_embeds)
+        return self.model.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
+
+    def _model_inputs(self, inputs_embeds, attention_mask, n_tokens, write):
+        """Backbone inputs: embeddings, the mask extended over the memory, positions that skip padding."""
+        batch_size = inputs_embeds.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones(batch_size, n_tokens, dtype=torch.long, device=inputs_embeds.device)
+        memory_mask = attention_mask.new_ones(batch_size, self.num_mem_tokens)
+        parts = [memory_mask, attention_mask, memory_mask] if write else [memory_mask, attention_mask]
+        mask = torch.cat(parts, dim=1)  # (B, m + T [+ m])
+        inputs = {"inputs_embeds": inputs_embeds, "attention_mask": mask}
+        if self.accepts_position_ids:
+            inputs["position_ids"] = positions_from_mask(mask)
+        return inputs
+
+
+class RecurrentWrapper(nn.Module):
+    """Run a `MemoryCell` over the segments of a long sequence and compute the language-modelling loss.
+
+    The sequence is cut at the same positions for the whole batch (`segment_alignment`, default 'right', so
+    left padding stays in the leading segments). A sample whose segment is all padding keeps its memory, so a
+    left-padded sample gives the same result as the sample alone.
+
+    Args:
+        memory_cell: a `MemoryCell`.
+        segment_size: tokens per segment.
+        max_n_segments: longest sequence accepted is `segment_size * max_n_segments` tokens.
+        k2: truncated BPTT: gradients flow through at most the last `k2` segments (-1: all). The memory entering
+            segment j of n is detached when j <= n - k2 (counted on this batch's n, not max_n_segments).
+        segment_alignment: 'right' (default, None), 'left' or 'center'; see `modeling_rmt.segments`.
+    """
+
+    def __init__(self, memory_cell, segment_size, max_n_segments, k2=-1, segment_alignment=None):
+        super().__init__()
+        check_memory_args(memory_cell.num_mem_tokens, max_n_segments)
+        check_bptt_depth("k2", k2, minimum=1)
+        if not isinstance(segment_size, int) or segment_size < 1:
+            raise ValueError(f"segment_size={segment_size!r}; expected an integer >= 1")
+        self.memory_cell = memory_cell
+        self.segment_size = segment_size
+        self.max_n_segments = max_n_segments
+        self.k2 = k2
+        self.alignment = resolve_alignment(segment_alignment)
+
+    def forward(self, input_ids=None, labels=None, labels_mask=None, attention_mask=None, inputs_embeds=None,
+                output_attentions=None, output_hidden_states=None):
+        """Language-model a long sequence segment by segment.
+
+        Args:
+            input_ids: (B, T) token ids, or `inputs_embeds` (B, T, H).
+            labels: optional (B, T) targets; position t is predicted from the logits at t - 1; -100 is ignored,
+                and so is a target whose predicting position t - 1 is padding.
+            labels_mask: optional (B, T) bool, the label positions that count in the loss (e.g. the answer).
+            attention_mask: optional (B, T) mask of real tokens (left padding).
+            output_attentions, output_hidden_states: also return `attentions_{i}` / `hidden_states_{i}` per
+                segment i (memory then grows with the number of segments).
+
+        Returns:
+            CausalLMOutput with `logits` (B, T, V) and, with labels, `loss` (mean over counted tokens, 0 if none)
+            and `segment_losses` / `segment_token_counts` (n_segments,): the detached mean loss and the number of
+            counted next-token predictions made by each segment's logits (NaN loss where a segment has none).
+        """
+        check_one_input(input_ids, inputs_embeds)
+        spans = self._spans(input_ids if input_ids is not None else inputs_embeds)
+        kwargs = {"output_attentions": output_attentions} if output_attentions else {}
+        logits, per_segment = [], {}
+        for index, (output, _) in enumerate(self._run_segments(input_ids, inputs_embeds, attention_mask, spans,
+                                                               **kwargs)):
+            logits.append(output.logits)
+            if output_attentions:
+                per_segment[f"attentions_{index}"] = output.attentions
+            if output_hidden_states:
+                per_segment[f"hidden_states_{index}"] = output.hidden_states
+        logits = torch.cat(logits, dim=1)  # (B, T, V)
+        if labels is None:
+            result = CausalLMOutput(logits=logits)
+        else:
+            loss, per_segment["segment_losses"], per_segment["segment_token_counts"] = self._loss(
+                logits, labels, labels_mask, attention_mask, spans)
+            result = CausalLMOutput(loss=loss, logits=logits)
+        for key, value in per_segment.items():
+            result[key] = value
+        return result
+
+    def generate(self, input_ids, attention_mask=None, **generate_kwargs):
+        """Read all but the last segment into memory, then generate from the last one.
+
+        Supports batches of left-padded inputs (`attention_mask` 0 on the padding): each sample generates as
+        it would alone.
+
+        Args:
+            input_ids: (B, T) prompt ids; attention_mask: optional (B, T).
+            generate_kwargs: passed to the backbone's `generate` (max_new_tokens, eos_token_id, ...).
+
+        Returns:
+            (B, n_new) generated token ids, without the prompt.
+        """
+        spans = self._spans(input_ids)
+        memory = None
+        for _, memory in self._run_segments(input_ids, None, attention_mask, spans[:-1]):
+            pass
+        start, end = spans[-1]
+        mask = None if attention_mask is None else attention_mask[:, start:end]
+        return self.memory_cell.generate(input_ids[:, start:end], memory_state=memory, attention_mask=mask,
+                                         **generate_kwargs)
+
+    def _spans(self, tokens):
+        """[(start, end)] of each segment of the (B, T, ...) batch."""
+        length = tokens.shape[1]
+        if length > self.segment_size * self.max_n_segments:
+            raise ValueError(f"sequence of {length} tokens is longer than max_n_segments={self.max_n_segments} "
+                             f"x segment_size={self.segment_size}")
+        starts, ends, _ = segment_boundaries(torch.tensor([length]), self.segment_size, self.alignment)
+        return list(zip(starts[0].tolist(), ends[0].tolist()))
+
+    def _run_segments(self, input_ids, inputs_embeds, attention_mask, spans, **cell_kwargs):
+        """Yield (cell output, memory after it) for each segment; memory is (B, m, H)."""
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        batch_size = tokens.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        initial_memory = self.memory_cell.initial_memory(batch_size)
+        memory = initial_memory
+        started = torch.zeros(batch_size, dtype=torch.bool, device=tokens.device)  # seen a non-padding token
+        for index, (start, end) in enumerate(spans):
+            memory = memory_for_segment(memory, initial_memory, started, index, len(spans), self.k2 - 1)
+            segment_mask = attention_mask[:, start:end]  # (B, S)
+            output, new_memory = self.memory_cell(
+                input_ids=None if input_ids is None else input_ids[:, start:end],
+                inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, start:end],
+                memory_state=memory, attention_mask=segment_mask, **cell_kwargs)
+            has_tokens = segment_mask.bool().any(dim=1)  # (B,) an all-padding segment leaves the memory as is
+            memory = torch.where(has_tokens[:, None, None], new_memory.to(memory.dtype), memory)
+            started = started | has_tokens
+            yield output, memory
+
+    @staticmethod
+    def _loss(logits, labels, labels_mask, attention_mask, spans):
+        """Shifted cross-entropy over the whole sequence, and its detached mean per segment."""
+        targets = labels[:, 1:]  # (B, T - 1): position t is predicted at t - 1
+        if labels_mask is not None:
+            targets = targets.masked_fill(~labels_mask[:, 1:].bool(), IGNORE_INDEX)
+        if attention_mask is not None:  # logits at padding predict nothing: e.g. a left-padded sample's first token
+            targets = targets.masked_fill(attention_mask[:, :-1] == 0, IGNORE_INDEX)
+        token_losses = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                       reduction="none").view(targets.shape)  # (B, T - 1), 0 where ignored
+        counted = targets != IGNORE_INDEX
+        loss = token_losses.sum() / counted.sum().clamp(min=1)
+        # shifted index i is the prediction made by the logits at position i, in the segment that holds i
+        sums = torch.stack([token_losses[:, start:end].detach().sum() for start, end in spans])
+        counts = torch.stack([counted[:, start:end].sum() for start, end in spans])
+        return loss, sums / counts, counts
