@@ -26,7 +26,8 @@ def block_nll(logits, input_ids, attention_mask, segment_size, max_n_segments):
         dict of float tensors on the CPU: `position_nll` and `position_count` (B, max_n_segments), indexed by
         position from the sample's first real block; `last_nll` and `last_count` (B,) for the last block.
     """
-    batch_size, n_tokens, _ = logits.shape
+    logits = logits.detach()  # metrics only: no autograd graph when called on training outputs
+    n_tokens = logits.shape[1]
     n_blocks = n_tokens // segment_size
     nll, count = [], []
     for block in range(n_blocks):  # one block at a time: the float32 copy of the logits stays (B, S, V)
@@ -35,7 +36,7 @@ def block_nll(logits, input_ids, attention_mask, segment_size, max_n_segments):
         targets = input_ids[:, start + 1:start + segment_size]  # (B, S-1)
         real = attention_mask[:, start + 1:start + segment_size].bool()  # (B, S-1)
         token_nll = F.cross_entropy(block_logits.transpose(1, 2), targets, reduction="none")  # (B, S-1)
-        nll.append((token_nll * real).sum(1).detach())
+        nll.append((token_nll * real).sum(1))
         count.append(real.sum(1))
     nll, count = torch.stack(nll, 1).cpu(), torch.stack(count, 1).cpu().float()  # (B, n_blocks)
 
