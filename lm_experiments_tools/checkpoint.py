@@ -67,6 +67,15 @@ def save_checkpoint(path, state: dict) -> Path:
     return path
 
 
+def _load_failure_reason(error: Exception) -> str:
+    """torch.load's message in a few words: its weights_only messages run to a paragraph of advice."""
+    message = str(error)
+    detail = message.split("WeightsUnpickler error:", 1)[-1].strip().split(". ")[0].splitlines()[0]
+    if "Unsupported global" in detail:
+        return f"it holds Python objects that weights_only=True refuses: {detail}"
+    return f"truncated, corrupted or not written by torch.save: {detail or type(error).__name__}"
+
+
 def load_checkpoint(path) -> dict:
     """Read a checkpoint written by `save_checkpoint` onto the CPU with `weights_only=True`.
 
@@ -86,9 +95,8 @@ def load_checkpoint(path) -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist: {expected}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... depending on the damage
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot load checkpoint {path} ({reason}): {expected}") from error
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, OSError, ... depending on the damage
+        raise CheckpointError(f"cannot load checkpoint {path} ({_load_failure_reason(error)}): {expected}") from error
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}: {expected}")
     missing = [key for key in REQUIRED_KEYS if key not in state]
