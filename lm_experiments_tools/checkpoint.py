@@ -70,7 +70,7 @@ def save_checkpoint(path, state: dict) -> Path:
 def _load_failure_reason(error: Exception) -> str:
     """torch.load's message in a few words: its weights_only messages run to a paragraph of advice."""
     message = str(error)
-    detail = message.split("WeightsUnpickler error:", 1)[-1].strip().split(". ")[0].splitlines()[0]
+    detail = (message.split("WeightsUnpickler error:", 1)[-1].strip().split(". ")[0].splitlines() or [""])[0]
     if "Unsupported global" in detail:
         return f"it holds Python objects that weights_only=True refuses: {detail}"
     return f"truncated, corrupted or not written by torch.save: {detail or type(error).__name__}"
