@@ -9,7 +9,8 @@ from transformers import BertConfig, BertForSequenceClassification, GPT2Config, 
 
 from lm_experiments_tools import Trainer, TrainerArgs
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
-from trainer_scripts.tiny_task import TinyRegressor, build_trainer, collate, flat_parameters, make_dataset
+from trainer_scripts.tiny_task import (TinyRegressor, build_trainer, collate, dataset_metrics, flat_parameters,
+                                      keep_errors, make_dataset)
 
 VOCAB_SIZE = 50
 
@@ -174,19 +175,13 @@ def test_lr_drop_on_plateau():
 
 
 def test_dataset_level_metrics_are_exact():
-    def keep_for_metrics_fn(batch, output):
-        return {"errors": (output["predictions"] - batch["targets"]).abs(), "ids": batch["sample_ids"].tolist()}
-
-    def metrics_fn(data):
-        return {"mae": data["errors"].mean(), "n": len(data["ids"]), "distinct": len(set(data["ids"]))}
-
-    trainer = build_trainer(TrainerArgs(iters=1), keep_for_metrics_fn=keep_for_metrics_fn, metrics_fn=metrics_fn)
+    trainer = build_trainer(TrainerArgs(iters=1), keep_for_metrics_fn=keep_errors, metrics_fn=dataset_metrics)
     valid = make_dataset(24, seed=1)
     metrics = trainer.validate(DataLoader(valid, batch_size=5, collate_fn=trainer.valid_dataloader.collate_fn),
                                split="test", write_tb=False)
     with torch.no_grad():
         expected_mae = (trainer.model(valid.tensors[0])["predictions"] - valid.tensors[1]).abs().mean()
-    assert metrics["n"] == metrics["distinct"] == 24
+    assert metrics["n_samples"] == metrics["n_distinct"] == 24
     assert metrics["mae"] == pytest.approx(expected_mae.item(), rel=1e-6)
 
 

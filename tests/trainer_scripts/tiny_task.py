@@ -41,6 +41,16 @@ class TinyRegressor(nn.Module):
         return {"loss": loss, "predictions": predictions}
 
 
+def keep_errors(batch: dict, output: dict) -> dict:
+    """keep_for_metrics_fn: per-sample absolute errors and sample ids."""
+    return {"errors": (output["predictions"] - batch["targets"]).abs(), "ids": batch["sample_ids"].tolist()}
+
+
+def dataset_metrics(data: dict) -> dict:
+    """metrics_fn: mean absolute error over the whole dataset, and how many (distinct) samples it covers."""
+    return {"mae": data["errors"].mean(), "n_samples": len(data["ids"]), "n_distinct": len(set(data["ids"]))}
+
+
 def make_loader(dataset, batch_size: int, shuffle: bool) -> DataLoader:
     """A DataLoader over `dataset`, sharded with DistributedSampler when several processes run."""
     context = init_distributed()
