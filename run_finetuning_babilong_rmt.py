@@ -420,7 +420,8 @@ class BabilongMetrics:
 
 def make_trainer(args, trainer_args, model, tokenizer, task, train, valid, forward_kwargs=None):
     """A Trainer with the BABILong metric hooks; `train` is (loader, sampler) or None for evaluation only."""
-    optimizer_kwargs = {"weight_decay": args.weight_decay, **({"lr": trainer_args.lr} if trainer_args.lr else {})}
+    optimizer_kwargs = {"weight_decay": args.weight_decay,
+                        **({"lr": trainer_args.lr} if trainer_args.lr is not None else {})}
     optimizer = get_optimizer(args.optimizer)(model.parameters(), **optimizer_kwargs)
     metrics = BabilongMetrics(model, args.model_type, tokenizer, task.labels, args.show_valid_examples)
     generate_kwargs = None

@@ -1,0 +1,242 @@
+"""Tests of the BABILong entry point, its launchers and the plot command, on tiny random backbones."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_finetuning_babilong_rmt as run_babilong
+from babilong import plot
+from babilong.results import RESULTS_FILE, append_result, read_results
+from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
+from lm_experiments_tools.utils import CONFIG_FILE
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO_ROOT / "scripts" / "babilong"
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64}
+TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 30522}
+INPUT_SIZE, NUM_MEM_TOKENS = 32, 2
+SEGMENT_SIZE = INPUT_SIZE - NUM_MEM_TOKENS - 3  # [CLS] mem [SEP] tokens [SEP]
+NUM_VALID_SAMPLES = 6
+STAGE_DIR = "seg{n_segments}"
+
+
+def write_config(folder: Path, values: dict) -> str:
+    path = folder / f"{values['model_type']}.json"
+    path.write_text(json.dumps(values))
+    return str(path)
+
+
+def common_args(model_cfg: str) -> list:
+    return ["--model_cfg", model_cfg, "--input_size", str(INPUT_SIZE), "--num_mem_tokens", str(NUM_MEM_TOKENS),
+            "--num_valid_samples", str(NUM_VALID_SAMPLES)]
+
+
+def training_args(iters=4) -> list:
+    return ["--batch_size", "2", "--gradient_accumulation_steps", "2", "--iters", str(iters), "--lr", "1e-3",
+            "--valid_interval", "2", "--log_interval", "2", "--save_best", "--optimize_metric", "exact_match",
+            "--optimize_mode", "max", "--show_valid_examples", "1"]
+
+
+def run_main(argv, capsys) -> tuple:
+    """(exit code, stderr lines) of a run expected to stop with a usage error."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_babilong.main(argv)
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def tensorboard_tags(folder: Path) -> set:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return set(accumulator.Tags()["scalars"])
+
+
+def stage_records(folder: Path) -> list:
+    return read_results(folder / RESULTS_FILE)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    return write_config(tmp_path_factory.mktemp("configs"), TINY_BERT)
+
+
+@pytest.fixture(scope="module")
+def curriculum_run(tiny_bert, tmp_path_factory):
+    """A two-stage curriculum (1 then 2 segments), evaluated also at 3 segments; records weight loads in order."""
+    runs = tmp_path_factory.mktemp("runs")
+    events = []
+    original_load, original_prepare = run_babilong.load_model_weights, run_babilong.prepare_run
+
+    def spy_load(model, path):
+        events.append(("load", Path(path)))
+        return original_load(model, path)
+
+    def spy_prepare(values, logger=None):
+        events.append(("prepare", Path(values["model_path"])))
+        return original_prepare(values, logger)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_babilong, "load_model_weights", spy_load)
+        patch.setattr(run_babilong, "prepare_run", spy_prepare)
+        run_babilong.main(common_args(tiny_bert) + training_args() + [
+            "--curriculum", "1,2", "--eval_n_segments", "3", "--model_path", str(runs / STAGE_DIR / "run_1")])
+    return runs, events
+
+
+def test_curriculum_writes_one_run_folder_per_stage(curriculum_run):
+    runs, _ = curriculum_run
+    for n_segments in (1, 2):
+        folder = runs / f"seg{n_segments}" / "run_1"
+        assert (folder / BEST_CHECKPOINT_NAME).is_file()
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        assert config["args"]["max_n_segments"] == n_segments
+        assert config["args"]["input_seq_len"] == n_segments * SEGMENT_SIZE
+        assert {"exact_match/iterations/valid", "exact_match/iterations/train"} <= tensorboard_tags(folder)
+        stage_record = stage_records(folder)[0]
+        assert (stage_record["n_segments"], stage_record["input_seq_len"]) == (n_segments, n_segments * SEGMENT_SIZE)
+        assert stage_record["n_samples"] == NUM_VALID_SAMPLES
+        assert 0 <= stage_record["accuracy"] <= 100
+        assert stage_record["checkpoint"] == str(folder / BEST_CHECKPOINT_NAME)
+    extra = stage_records(runs / "seg2" / "run_1")[1]
+    assert (extra["n_segments"], extra["input_seq_len"], extra["trained_n_segments"]) == (3, 3 * SEGMENT_SIZE, 2)
+
+
+def test_second_stage_starts_from_first_stage_best_checkpoint(curriculum_run):
+    runs, events = curriculum_run
+    stage_1, stage_2 = runs / "seg1" / "run_1", runs / "seg2" / "run_1"
+    setup_index = events.index(("prepare", stage_2))
+    assert events[setup_index - 1] == ("load", stage_1 / BEST_CHECKPOINT_NAME)
+    assert json.loads((stage_2 / CONFIG_FILE).read_text())["args"]["model_cpt"] == str(stage_1)
+
+
+def test_validate_only_appends_a_record_to_the_checkpoint_folder(curriculum_run, tiny_bert):
+    stage_1 = curriculum_run[0] / "seg1" / "run_1"
+    before = len(stage_records(stage_1))
+    run_babilong.main(common_args(tiny_bert) + ["--validate_only", "--model_cpt", str(stage_1),
+                                                "--max_n_segments", "4", "--input_seq_len", "100"])
+    records = stage_records(stage_1)
+    assert len(records) == before + 1
+    assert (records[-1]["n_segments"], records[-1]["input_seq_len"], records[-1]["trained_n_segments"]) == (4, 100, 1)
+
+
+def test_decoder_generation_reports_exact_match(tmp_path):
+    gpt2 = write_config(tmp_path, TINY_GPT2)
+    run_babilong.main(common_args(gpt2) + training_args(iters=2) + [
+        "--model_type", "decoder", "--max_n_segments", "2", "--model_path", str(tmp_path / "run_1")])
+    record = stage_records(tmp_path / "run_1")[0]
+    room = 3  # GEN, a one-token place name, EOS
+    assert record["input_seq_len"] == 2 * (INPUT_SIZE - 2 * NUM_MEM_TOKENS) - room
+    assert record["n_samples"] == NUM_VALID_SAMPLES and 0 <= record["accuracy"] <= 100
+    assert "exact_match/iterations/valid" in tensorboard_tags(tmp_path / "run_1")
+
+
+def test_f1_scores_against_hand_counts():
+    predictions, labels = torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1])
+    scores = run_babilong.f1_scores(predictions, labels, n_classes=3)
+    # class 0: tp 1 fp 1 fn 0 -> 2/3; class 1: tp 1 fp 0 fn 2 -> 1/2; class 2 never a label: not in the macro mean
+    assert scores["f1_macro"] == pytest.approx(100 * (2 / 3 + 1 / 2) / 2)
+    assert scores["f1_micro"] == pytest.approx(100 * 2 * 2 / (2 * 2 + 2 + 2))
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--max_n_segments", "2", "--input_seq_len", str(2 * SEGMENT_SIZE + 1)], f"at most {2 * SEGMENT_SIZE}"),
+    (["--curriculum", "1,2", "--model_path", "runs/x/run_1"], "{n_segments} placeholder"),
+    (["--curriculum", "1,zero"], "comma-separated positive integers"),
+    (["--validate_only"], "needs --model_cpt"),
+])
+def test_bad_options_exit_2_with_one_line(tiny_bert, capsys, extra, expected):
+    code, err = run_main(common_args(tiny_bert) + extra, capsys)
+    assert code == 2 and len(err) == 1 and expected in err[0]
+
+
+def test_model_cpt_without_best_checkpoint(tiny_bert, tmp_path, capsys):
+    code, err = run_main(common_args(tiny_bert) + ["--model_cpt", str(tmp_path)], capsys)
+    assert code == 2 and len(err) == 1 and BEST_CHECKPOINT_NAME in err[0]
+
+
+def test_model_cpt_with_other_num_mem_tokens_names_both_values(curriculum_run, tiny_bert, capsys):
+    argv = common_args(tiny_bert)
+    argv[argv.index("--num_mem_tokens") + 1] = "3"
+    code, err = run_main(argv + ["--model_cpt", str(curriculum_run[0] / "seg1" / "run_1")], capsys)
+    assert code == 2 and len(err) == 1 and "num_mem_tokens=2" in err[0] and "num_mem_tokens=3" in err[0]
+
+
+def test_model_cpt_with_other_backbone_names_both_values(curriculum_run, tiny_bert, capsys):
+    argv = ["--from_pretrained", "bert-base-cased", "--model_cpt", str(curriculum_run[0] / "seg1" / "run_1"),
+            "--input_size", str(INPUT_SIZE), "--num_mem_tokens", str(NUM_MEM_TOKENS)]
+    code, err = run_main(argv, capsys)  # refused before anything is downloaded
+    assert code == 2 and len(err) == 1 and f"backbone={tiny_bert!r}" in err[0] and "'bert-base-cased'" in err[0]
+
+
+def test_model_cpt_weights_of_another_shape_without_config(curriculum_run, tiny_bert, tmp_path, capsys):
+    shutil.copy(curriculum_run[0] / "seg1" / "run_1" / BEST_CHECKPOINT_NAME, tmp_path / BEST_CHECKPOINT_NAME)
+    argv = common_args(tiny_bert)
+    argv[argv.index("--num_mem_tokens") + 1] = "3"
+    code, err = run_main(argv + ["--model_cpt", str(tmp_path)], capsys)
+    assert code == 2 and len(err) == 1 and "another model" in err[0]
+
+
+def _record(task, trained, n_segments, accuracy, checkpoint="c.pth"):
+    return {"task": task, "n_segments": n_segments, "input_seq_len": 57 * n_segments, "accuracy": accuracy,
+            "n_samples": 10, "checkpoint": checkpoint, "trained_n_segments": trained, "n_labels": 6}
+
+
+def test_plot_draws_the_most_trained_model_per_task(tmp_path, capsys):
+    append_result(tmp_path / "memorize" / "seg1", _record("memorize", 1, 1, 50.0))
+    for n_segments, accuracy in ((1, 90.0), (2, 95.0), (8, 70.0)):
+        append_result(tmp_path / "memorize" / "seg2", _record("memorize", 2, n_segments, accuracy))
+    append_result(tmp_path / "memorize" / "seg2", _record("memorize", 2, 8, 75.0))  # evaluated again: last wins
+    append_result(tmp_path / "reasoning" / "seg1", _record("reasoning", 1, 1, 40.0))
+    output = tmp_path / "figure.png"
+    assert plot.main([str(tmp_path), "-o", str(output)]) == 0
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "| memorize |  | 2 | 8 | 456 | 75.0 | 10 |" in table and "70.0" not in table and "50.0" not in table
+    lines = plot.select_lines(plot.collect_results(tmp_path), by_stage=True)
+    assert sorted(lines) == [("memorize", "", 1), ("memorize", "", 2), ("reasoning", "", 1)]
+
+
+def test_plot_bad_input_exits_2(tmp_path, capsys):
+    assert plot.main([str(tmp_path / "missing")]) == 2
+    (tmp_path / RESULTS_FILE).write_text('{"task": "memorize"}\n')
+    assert plot.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and f"{RESULTS_FILE}:1" in err[1]
+
+
+def run_script(name, env_overrides, args=(), cwd=None):
+    env = {**os.environ, **env_overrides}
+    return subprocess.run(["bash", str(SCRIPTS / name), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.parametrize("name, env", [
+    ("finetune_babilong_rmt.sh", {"TBS": "10", "BS": "4"}),
+    ("finetune_babilong_rmt_curriculum.sh", {"TBS": "8", "BS": "4", "NP": "3"}),
+    ("eval_babilong_rmt_from_cpt.sh", {"MODEL_CPT": ""}),
+])
+def test_script_bad_batch_or_checkpoint_exits_2(name, env, tmp_path):
+    result = run_script(name, env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "error:" in result.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_curriculum_from_script_folder(tiny_bert, tmp_path):
+    env = {"NP": "2", "MODEL_NAME": "", "NOISE_DATASET": "default", "INPUT_SIZE": str(INPUT_SIZE),
+           "MEMORY_SIZE": str(NUM_MEM_TOKENS), "SEGMENTS": "1 2", "ITERS": "2", "TBS": "4", "BS": "2",
+           "LR": "1e-3", "NUM_VALID_SAMPLES": "5", "RUNS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    result = run_script("finetune_babilong_rmt.sh", env, ["--model_cfg", tiny_bert], cwd=SCRIPTS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for n_segments in (1, 2):
+        (folder,) = tmp_path.glob(f"memorize/*/*_seg{n_segments}_*/run_1")
+        assert (folder / BEST_CHECKPOINT_NAME).is_file() and (folder / CONFIG_FILE).is_file()
+        assert json.loads((folder / CONFIG_FILE).read_text())["environment"]["world_size"] == 2
+        assert stage_records(folder)[0]["n_samples"] == 5  # each sample counted once over both processes
+        assert "exact_match/iterations/valid" in tensorboard_tags(folder)
