@@ -1,0 +1,130 @@
+"""Tests of the ArXiv language-modelling entry point: memory-free equivalence, bad input, an end-to-end run."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from arxiv_lm.data import SegmentCollator, SegmentDataset
+from lm_experiments_tools.checkpoint import load_checkpoint
+from modeling_rmt import MemoryCell, RecurrentWrapper
+from run_finetuning_arxiv_rmt import main
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RMT_SCRIPT = REPO_ROOT / "scripts" / "arxiv" / "finetune_arxiv_rmt.sh"
+WORDS = ["the", "goes", "to", ".", "alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "light", "north"]
+SPECIAL_TOKENS = {"pad_token": "[PAD]", "eos_token": "[EOS]", "unk_token": "[UNK]"}
+TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 16,
+             "bos_token_id": 1, "eos_token_id": 1, "pad_token_id": 0}
+SEGMENT = 8
+
+
+def tiny_gpt2(vocab_size=50):
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=vocab_size)).eval()
+
+
+def make_batch(n_blocks_per_sample, max_n_segments):
+    documents = [torch.randint(1, 50, (SEGMENT * n_blocks,), generator=torch.Generator().manual_seed(n_blocks))
+                 for n_blocks in n_blocks_per_sample]
+    dataset = SegmentDataset(documents, [len(doc) for doc in documents], SEGMENT, max_n_segments)
+    last_sample_of_each_doc = dataset.first_sample[1:] - 1
+    return SegmentCollator(0, SEGMENT, max_n_segments)([dataset[int(i)] for i in last_sample_of_each_doc])
+
+
+@pytest.mark.parametrize("n_blocks_per_sample", [[1, 1], [3, 1, 2]])
+def test_rmt_without_memory_matches_plain_model_on_last_block(n_blocks_per_sample):
+    batch = make_batch(n_blocks_per_sample, max_n_segments=3)
+    backbone = tiny_gpt2()
+    model = RecurrentWrapper(MemoryCell(backbone, 0), segment_size=SEGMENT, max_n_segments=3).eval()
+    with torch.no_grad():
+        output = model(**batch)
+        last_block = batch["input_ids"][:, -SEGMENT:]
+        plain = backbone(input_ids=last_block, labels=last_block)
+    assert torch.allclose(output["loss"], plain.loss, atol=1e-5)
+    assert torch.allclose(output["logits"][:, -SEGMENT:], plain.logits, atol=1e-4)
+
+
+def run_main(argv, capsys):
+    capsys.readouterr()  # drop what the fixtures printed
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    message = capsys.readouterr().err.strip().splitlines()
+    return exit_info.value.code, message
+
+
+def save_word_tokenizer(folder, words, special_tokens):
+    """A word-level tokenizer over `words` (special tokens first), saved where AutoTokenizer finds it."""
+    vocab = {token: index for index, token in enumerate([*special_tokens.values(), *words])}
+    tokenizer = Tokenizer(WordLevel(vocab, unk_token=special_tokens.get("unk_token", words[0])))
+    tokenizer.pre_tokenizer = WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special_tokens).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("bad_input, expected", [
+    (["--input_size", "4", "--num_mem_tokens", "2"], "input_size=4"),
+    (["--dataset_path", "{tmp}/missing"], "is not a folder"),
+    (["--dataset_path", "{tmp}/only_train"], "missing ['validation']"),
+    (["--tokenizer", "{tmp}/tokenizer"], "no eos token"),
+])
+def test_bad_input_exits_with_code_2_and_one_line(bad_input, expected, tmp_path, capsys):
+    from datasets import Dataset, DatasetDict
+    DatasetDict({"train": Dataset.from_dict({"text": ["x"]})}).save_to_disk(tmp_path / "only_train")
+    save_word_tokenizer(tmp_path / "tokenizer", ["a", "b"], {})
+    argv = [arg.format(tmp=tmp_path) for arg in bad_input]
+    code, message = run_main(argv, capsys)
+    assert code == 2 and len(message) == 1 and expected in message[0]
+
+
+def write_documents(folder, n_documents, seed):
+    """Documents whose later text repeats names from earlier text, so that history helps prediction."""
+    names = WORDS[4:]
+    generator = torch.Generator().manual_seed(seed)
+    paths = []
+    for doc in range(n_documents):
+        chosen = [names[i] for i in torch.randint(0, len(names), (6,), generator=generator)]
+        sentences = [f"the {word} goes to {chosen[(i + 1) % 6]} ." for i, word in enumerate(chosen * 8)]
+        paths.append(folder / f"doc{seed}_{doc}.txt")
+        paths[-1].write_text(" ".join(sentences))
+    return [str(path) for path in paths]
+
+
+def scalar_series(run_folder, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run_folder)).Reload()
+    return [event.value for event in events.Scalars(tag)] if tag in events.Tags()["scalars"] else None
+
+
+@pytest.mark.slow
+def test_end_to_end_script_writes_events_checkpoint_and_results(tmp_path):
+    (tmp_path / "tiny_gpt2.json").write_text(json.dumps(TINY_GPT2))
+    save_word_tokenizer(tmp_path / "tokenizer", WORDS, SPECIAL_TOKENS)
+    run_folder = tmp_path / "run"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1", "MODEL_NAME": "", "INPUT_SIZE": "32", "MEMORY_SIZE": "2", "MAX_N_SEGMENTS": "2",
+           "ITERS": "8", "TBS": "4", "BS": "2", "LR": "3e-3", "MODEL_PATH": str(run_folder)}
+    command = [str(RMT_SCRIPT), "--model_cfg", str(tmp_path / "tiny_gpt2.json"),
+               "--tokenizer", str(tmp_path / "tokenizer"), "--valid_interval", "4",
+               "--text_files", *write_documents(tmp_path, 4, seed=0),
+               "--valid_text_files", *write_documents(tmp_path, 1, seed=1), "--num_valid_samples", "8"]
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+
+    loss = scalar_series(run_folder, "last_block_loss/iterations/valid")
+    ppl = scalar_series(run_folder, "last_block_ppl/iterations/valid")
+    assert loss is not None and ppl is not None and len(loss) == 2
+    assert loss[-1] < loss[0] < math.log(TINY_GPT2["vocab_size"]) + 1
+    assert ppl[-1] == pytest.approx(math.exp(loss[-1]), rel=1e-4)
+    assert scalar_series(run_folder, "seg1_loss/iterations/valid") is not None
+    assert "model_state_dict" in load_checkpoint(run_folder / "model_best.pth")
+    results = json.loads((run_folder / "results.json").read_text())
+    assert results["validation"]["last_block_loss"] == pytest.approx(min(loss), rel=1e-4)
