@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
-from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 
 from arxiv_lm.data import (SegmentCollator, SegmentDataset, ensure_pad_and_eos, load_text_splits,
                            text_file_splits, tokenize_splits)
@@ -99,7 +99,7 @@ class ArxivArgs:
     validate_only: bool = field(
         default=False, metadata={"help": "Evaluate model_cpt on validation and test, no training (default: False)"})
     num_valid_samples: int | None = field(
-        default=None, metadata={"help": "Validate on this many evenly spaced validation samples; None: all "
+        default=None, metadata={"help": "Evaluate on this many evenly spaced validation (and test) samples; None: all "
                                         "(default: None)"})
     data_n_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (default: 0)"})
 
@@ -220,9 +220,9 @@ def build_dataloaders(args, trainer_args, tokenized, tokenizer, context):
     collate = SegmentCollator(tokenizer.pad_token_id, args.segment_size, args.max_n_segments)
     train_collate = SegmentCollator(tokenizer.pad_token_id, args.segment_size, args.max_n_segments,
                                     vary_n_segments=args.vary_n_segments, seed=trainer_args.seed)
+    # RandomSampler draws from the global generator, which the Trainer seeds and restores on exact resume
     train_sampler = (DistributedSampler(datasets["train"], shuffle=True, seed=trainer_args.seed, drop_last=True)
-                     if distributed else
-                     RandomSampler(datasets["train"], generator=torch.Generator().manual_seed(trainer_args.seed)))
+                     if distributed else RandomSampler(datasets["train"]))
     train_loader = DataLoader(datasets["train"], sampler=train_sampler, collate_fn=train_collate, drop_last=True,
                               batch_size=trainer_args.batch_size * trainer_args.gradient_accumulation_steps,
                               num_workers=args.data_n_workers)
@@ -290,6 +290,7 @@ def setup(argv=None):
     tokenizer = load_tokenizer(args)
     tokenized = tokenize_splits(load_text(args), tokenizer, args.text_column)
     loaders = build_dataloaders(args, trainer_args, tokenized, tokenizer, context)
+    set_seed(trainer_args.seed)  # the same initial weights for runs that differ only in memory or input size
     model = build_model(args, tokenizer)
     prepare_run({**vars(trainer_args), **vars(args)}, logger)
     return trainer_args, args, context, model, loaders
