@@ -279,9 +279,9 @@ class Trainer:
             loss_sum = loss_sum + loss.detach()
             self.train_metrics.add(sub_batch, output)
         grad_norm = self._unscale_and_clip()
-        # with fp16 the scaler itself skips steps with overflowing gradients and lowers its scale
-        finite = torch.isfinite(loss_sum) & (torch.isfinite(grad_norm) | self.scaler.is_enabled())
-        nonfinite, stop_requested = self._agree_across_processes(~finite, signal_received)
+        # loss + norm is finite iff both are; with fp16 the scaler itself skips steps with overflowing gradients
+        checked = loss_sum if self.scaler.is_enabled() else loss_sum + grad_norm
+        nonfinite, stop_requested = self._agree_across_processes(~torch.isfinite(checked), signal_received)
         self._apply_update(nonfinite, grad_norm)
         self.n_iter += 1
         self.n_samples += batch_num_samples(batch) * self.distributed.world_size
@@ -299,9 +299,10 @@ class Trainer:
 
     def _agree_across_processes(self, nonfinite: torch.Tensor, signal_received: bool) -> tuple[bool, bool]:
         """Skip and stop decisions taken by one process apply to all (a signal may reach them at different steps)."""
-        flags = torch.stack([nonfinite.to(self.device), torch.tensor(signal_received, device=self.device)]).int()
-        if self.distributed.world_size > 1:
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if self.distributed.world_size == 1:
+            return bool(nonfinite), signal_received
+        flags = torch.stack([nonfinite, torch.tensor(signal_received, device=self.device)]).int()
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         nonfinite, stop_requested = flags.tolist()
         return bool(nonfinite), bool(stop_requested)
 
