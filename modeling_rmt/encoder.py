@@ -152,11 +152,12 @@ class RMTEncoderForSequenceClassification(nn.Module):
             memory = memory.index_put((active,), new_memory.to(memory.dtype))
             per_segment.update(self._segment_record(output, slot, output_attentions, output_hidden_states))
             if output.loss is not None:
-                segment_losses.append(output.loss)
-        loss = None
-        if segment_losses:
-            loss = torch.stack(segment_losses).mean() if self.sum_loss else segment_losses[-1]
+                # with no graph to keep, a float: one small tensor kept per segment fragments the CPU heap
+                segment_losses.append(output.loss if torch.is_grad_enabled() else output.loss.item())
+        loss, losses = self._combine_losses(segment_losses, output.logits.device)
         result = SequenceClassifierOutput(loss=loss, logits=output.logits)  # every sample is in the last slot
+        for slot, value in enumerate(losses):
+            result[f"loss_{slot}"] = value
         for key, value in per_segment.items():
             result[key] = value
         return result if return_dict is not False else result.to_tuple()
@@ -193,8 +194,18 @@ class RMTEncoderForSequenceClassification(nn.Module):
         return self.model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                           output_hidden_states=True, output_attentions=bool(output_attentions))
 
+    def _combine_losses(self, segment_losses, device):
+        """(loss, (K,) loss of each slot) from the segment losses (tensors or floats); (None, []) without any."""
+        if not segment_losses:
+            return None, []
+        if torch.is_tensor(segment_losses[0]):
+            losses = torch.stack(segment_losses)
+        else:
+            losses = torch.tensor(segment_losses, device=device)
+        return (losses.mean() if self.sum_loss else losses[-1]), losses
+
     @staticmethod
     def _segment_record(output, slot, output_attentions, output_hidden_states):
-        """What the caller asked to keep of this segment's output: its loss, attentions, hidden states."""
-        wanted = {"loss": True, "attentions": output_attentions, "hidden_states": output_hidden_states}
-        return {f"{key}_{slot}": output[key] for key, keep in wanted.items() if keep and output.get(key) is not None}
+        """What the caller asked to keep of this segment's output: its attentions, hidden states."""
+        wanted = {"attentions": output_attentions, "hidden_states": output_hidden_states}
+        return {f"{key}_{slot}": output[key] for key, keep in wanted.items() if keep}

@@ -10,6 +10,9 @@ VOCAB_SIZE = 97
 SEGMENT_SIZE = 8
 MEM_TOKENS = 3
 PAD_ID = 0
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+AUTOCAST_SETTINGS = [("cpu", torch.bfloat16), pytest.param("cuda", torch.float16, marks=NEEDS_CUDA),
+                     pytest.param("cuda", torch.bfloat16, marks=NEEDS_CUDA)]
 
 
 def tiny_gpt2(seed=0, tie=True):
@@ -213,10 +216,11 @@ def test_outputs_per_segment_on_request():
     assert "hidden_states_0" not in wrap()(input_ids)
 
 
-def test_bf16_autocast_forward_backward():
-    wrapper = wrap().train()
-    input_ids = random_tokens((2, 20))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+@pytest.mark.parametrize("device, dtype", AUTOCAST_SETTINGS)
+def test_autocast_forward_backward(device, dtype):
+    wrapper = wrap().to(device).train()
+    input_ids = random_tokens((2, 20)).to(device)
+    with torch.autocast(device, dtype=dtype):
         out = wrapper(input_ids, labels=input_ids)
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(wrapper.memory_cell.memory.grad).all()

@@ -12,6 +12,9 @@ VOCAB_SIZE = 200
 MEM_TOKENS = 3
 INPUT_SIZE = 16  # segment_size = 16 - 3 - 3 = 10
 SEGMENT_SIZE = INPUT_SIZE - MEM_TOKENS - 3
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+AUTOCAST_SETTINGS = [("cpu", torch.bfloat16), pytest.param("cuda", torch.float16, marks=NEEDS_CUDA),
+                     pytest.param("cuda", torch.bfloat16, marks=NEEDS_CUDA)]
 
 
 class TinyTokenizer:
@@ -208,10 +211,11 @@ def test_roberta_backbone():
     assert out.logits.shape == (1, 2) and torch.isfinite(out.loss)
 
 
-def test_bf16_autocast_forward_backward():
-    wrapper = wrap().train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = wrapper(random_tokens(25)[None].repeat(2, 1), labels=torch.tensor([0, 1]))
+@pytest.mark.parametrize("device, dtype", AUTOCAST_SETTINGS)
+def test_autocast_forward_backward(device, dtype):
+    wrapper = wrap().to(device).train()
+    with torch.autocast(device, dtype=dtype):
+        out = wrapper(random_tokens(25)[None].repeat(2, 1).to(device), labels=torch.tensor([0, 1], device=device))
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert torch.isfinite(wrapper.model.get_input_embeddings().weight.grad).all()
