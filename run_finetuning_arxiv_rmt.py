@@ -101,7 +101,8 @@ class ArxivArgs:
     num_valid_samples: int | None = field(
         default=None, metadata={"help": "Evaluate on this many evenly spaced validation (and test) samples; None: all "
                                         "(default: None)"})
-    data_n_workers: int = field(default=0, metadata={"help": "DataLoader worker processes (default: 0)"})
+    data_n_workers: int = field(
+        default=0, metadata={"help": "DataLoader worker processes, also tokenization processes when > 0 (default: 0)"})
 
     @property
     def segment_size(self):
@@ -288,7 +289,7 @@ def setup(argv=None):
     logging.basicConfig(level=logging.INFO if context.rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tokenizer = load_tokenizer(args)
-    tokenized = tokenize_splits(load_text(args), tokenizer, args.text_column)
+    tokenized = tokenize_splits(load_text(args), tokenizer, args.text_column, num_proc=args.data_n_workers or None)
     loaders = build_dataloaders(args, trainer_args, tokenized, tokenizer, context)
     set_seed(trainer_args.seed)  # the same initial weights for runs that differ only in memory or input size
     model = build_model(args, tokenizer)

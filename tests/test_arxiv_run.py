@@ -19,7 +19,8 @@ from modeling_rmt import MemoryCell, RecurrentWrapper
 from run_finetuning_arxiv_rmt import main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RMT_SCRIPT = REPO_ROOT / "scripts" / "arxiv" / "finetune_arxiv_rmt.sh"
+SCRIPTS = REPO_ROOT / "scripts" / "arxiv"
+RMT_SCRIPT = SCRIPTS / "finetune_arxiv_rmt.sh"
 WORDS = ["the", "goes", "to", ".", "alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "light", "north"]
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "eos_token": "[EOS]", "unk_token": "[UNK]"}
 TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 16,
@@ -85,6 +86,20 @@ def test_bad_input_exits_with_code_2_and_one_line(bad_input, expected, tmp_path,
     assert code == 2 and len(message) == 1 and expected in message[0]
 
 
+@pytest.mark.parametrize("script, overrides, expected", [
+    ("finetune_arxiv_rmt.sh", {"TBS": "32", "BS": "3"}, "TBS=32 is not divisible by BS*NP=3"),
+    ("finetune_arxiv_rmt.sh", {"ITERS": "ten"}, "ITERS=ten: expected a positive integer"),
+    ("finetune_arxiv_baseline.sh", {"NP": "0"}, "NP=0: expected a positive integer"),
+    ("finetune_arxiv_rmt_curriculum.sh", {"TBS": "32", "BS": "4", "NP": "3"}, "TBS=32 is not divisible by BS*NP=12"),
+])
+def test_launchers_reject_bad_batch_settings(script, overrides, expected, tmp_path):
+    finished = subprocess.run([str(SCRIPTS / script)], env={**os.environ, "RUNS_DIR": str(tmp_path), **overrides},
+                              capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    message = finished.stderr.strip().splitlines()
+    assert finished.returncode == 2 and len(message) == 1 and message[0].startswith(f"error: {expected}")
+    assert not any(tmp_path.iterdir())  # nothing launched
+
+
 def write_documents(folder, n_documents, seed):
     """Documents whose later text repeats names from earlier text, so that history helps prediction."""
     names = WORDS[4:]
@@ -112,10 +127,10 @@ def test_end_to_end_script_writes_events_checkpoint_and_results(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "OMP_NUM_THREADS": "1", "MODEL_NAME": "", "INPUT_SIZE": "32", "MEMORY_SIZE": "2", "MAX_N_SEGMENTS": "2",
            "ITERS": "8", "TBS": "4", "BS": "2", "LR": "3e-3", "MODEL_PATH": str(run_folder)}
-    command = [str(RMT_SCRIPT), "--model_cfg", str(tmp_path / "tiny_gpt2.json"),
-               "--tokenizer", str(tmp_path / "tokenizer"), "--valid_interval", "4",
-               "--text_files", *write_documents(tmp_path, 4, seed=0),
-               "--valid_text_files", *write_documents(tmp_path, 1, seed=1), "--num_valid_samples", "8"]
+    model_and_data = ["--model_cfg", str(tmp_path / "tiny_gpt2.json"), "--tokenizer", str(tmp_path / "tokenizer"),
+                      "--text_files", *write_documents(tmp_path, 4, seed=0),
+                      "--valid_text_files", *write_documents(tmp_path, 1, seed=1), "--num_valid_samples", "8"]
+    command = [str(RMT_SCRIPT), "--valid_interval", "4", *model_and_data]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr[-3000:]
 
@@ -128,3 +143,10 @@ def test_end_to_end_script_writes_events_checkpoint_and_results(tmp_path):
     assert "model_state_dict" in load_checkpoint(run_folder / "model_best.pth")
     results = json.loads((run_folder / "results.json").read_text())
     assert results["validation"]["last_block_loss"] == pytest.approx(min(loss), rel=1e-4)
+
+    # --model_cpt, as the curriculum chains stages: a fresh wrapper loads the best checkpoint and scores the same
+    evaluated = main(["--validate_only", "--model_cpt", str(run_folder), "--model_path", str(tmp_path / "eval"),
+                      "--input_size", "32", "--num_mem_tokens", "2", "--max_n_segments", "2", "--batch_size", "2",
+                      *model_and_data])
+    assert evaluated["validation"]["last_block_loss"] == pytest.approx(results["validation"]["last_block_loss"])
+    assert (tmp_path / "eval" / "results.json").is_file()

@@ -4,7 +4,7 @@
 # extra arguments go to run_finetuning_arxiv_rmt.py. DATASET_PATH is a `load_from_disk` folder with
 # train/validation/test splits (the paper: the ArXiv part of the Pile); empty uses the offline default text.
 # MODEL_NAME empty trains the offline default (a small GPT-2 from scratch with the MiniLM tokenizer).
-# A small CPU run:  MODEL_NAME= INPUT_SIZE=128 ITERS=300 TBS=8 BS=8 LR=1e-3 scripts/arxiv/finetune_arxiv_rmt.sh
+# A small CPU run: see arxiv_lm/RESULTS.md.
 set -euo pipefail
 REPO_ROOT="$(realpath "$(dirname "${BASH_SOURCE[0]}")/../..")"
 
@@ -17,15 +17,18 @@ MAX_N_SEGMENTS=${MAX_N_SEGMENTS:-2}      # blocks per sample (scored block + his
 K2=${K2:--1}                             # truncated BPTT depth in segments; -1 = full
 ITERS=${ITERS:-10000}                    # optimizer steps (our choice; the paper does not state it for ArXiv)
 TBS=${TBS:-32}                           # total batch: samples per optimizer step over all processes
-BS=${BS:-4}                              # samples per forward pass per process
+BS=${BS:-4}                              # samples per forward pass per process (GRAD_ACC = TBS / (BS * NP))
 LR=${LR:-1e-5}
-WEIGHT_DECAY=${WEIGHT_DECAY:-1e-3}       # AdamW, linear warm-up iters/10 and clipping as the BABILong runs (SPEC §9)
+WEIGHT_DECAY=${WEIGHT_DECAY:-1e-3}       # AdamW, linear warm-up and clipping as the BABILong runs (SPEC §9)
 SEED=${SEED:-42}
 RUN_N=${RUN_N:-1}
 RUNS_DIR=${RUNS_DIR:-$REPO_ROOT/runs}
 MODEL_CPT=${MODEL_CPT:-}                 # run folder whose model_best.pth initialises this run (curriculum)
+NUM_VALID_SAMPLES=${NUM_VALID_SAMPLES:-} # evenly spaced validation/test samples; empty: all
+PATIENCE=${PATIENCE:-15}                 # early stopping, in validations
 MODEL_TAG=${MODEL_NAME:-gpt2-small-scratch}
-MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/arxiv/$MODEL_TAG/lm_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg${MAX_N_SEGMENTS}_k2${K2}_tbs${TBS}_lr${LR}/run_$RUN_N}
+SETTING=lm_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg${MAX_N_SEGMENTS}_k2${K2}_tbs${TBS}_lr${LR}
+MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/arxiv/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 
 for name in NP ITERS TBS BS; do
     [[ ${!name} =~ ^[1-9][0-9]*$ ]] || { echo "error: $name=${!name}: expected a positive integer" >&2; exit 2; }
@@ -34,17 +37,21 @@ if (( TBS % (BS * NP) != 0 )); then
     echo "error: TBS=$TBS is not divisible by BS*NP=$((BS * NP)): expected a multiple" >&2; exit 2
 fi
 GRAD_ACC=$((TBS / (BS * NP)))
-INTERVAL=$(( ITERS / 10 > 0 ? ITERS / 10 : 1 ))
+TENTH=$(( ITERS / 10 > 0 ? ITERS / 10 : 1 ))
+VALID_INTERVAL=${VALID_INTERVAL:-$TENTH}
+WARMUP=${WARMUP:-$TENTH}                 # linear warm-up steps (ITERS/10)
+LOG_INTERVAL=${LOG_INTERVAL:-$(( TENTH < 50 ? TENTH : 50 ))}
 
 torchrun --nproc_per_node="$NP" "$REPO_ROOT/run_finetuning_arxiv_rmt.py" \
     ${MODEL_NAME:+--from_pretrained "$MODEL_NAME"} \
     ${DATASET_PATH:+--dataset_path "$DATASET_PATH"} \
     ${MODEL_CPT:+--model_cpt "$MODEL_CPT"} \
+    ${NUM_VALID_SAMPLES:+--num_valid_samples "$NUM_VALID_SAMPLES"} \
     --model_path "$MODEL_PATH" \
     --input_size "$INPUT_SIZE" --num_mem_tokens "$MEMORY_SIZE" --max_n_segments "$MAX_N_SEGMENTS" --k2 "$K2" \
     --batch_size "$BS" --gradient_accumulation_steps "$GRAD_ACC" --iters "$ITERS" \
     --optimizer AdamW --lr "$LR" --weight_decay "$WEIGHT_DECAY" \
-    --lr_scheduler linear --num_warmup_steps "$INTERVAL" --clip_grad_value 5.0 \
-    --log_interval "$(( INTERVAL < 50 ? INTERVAL : 50 ))" --valid_interval "$INTERVAL" \
-    --save_best --optimize_metric last_block_loss --optimize_mode min --early_stopping_patience 15 \
+    --lr_scheduler linear --num_warmup_steps "$WARMUP" --clip_grad_value 5.0 \
+    --log_interval "$LOG_INTERVAL" --valid_interval "$VALID_INTERVAL" \
+    --save_best --optimize_metric last_block_loss --optimize_mode min --early_stopping_patience "$PATIENCE" \
     --seed "$SEED" "$@"

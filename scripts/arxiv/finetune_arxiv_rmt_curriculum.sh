@@ -11,7 +11,8 @@ INPUT_SIZE=${INPUT_SIZE:-1024}
 MEMORY_SIZE=${MEMORY_SIZE:-2}
 RUN_N=${RUN_N:-1}
 RUNS_DIR=${RUNS_DIR:-$(realpath "$SCRIPT_DIR/../..")/runs}
-CURRICULUM_DIR=$RUNS_DIR/arxiv/${MODEL_NAME:-gpt2-small-scratch}/curriculum_in${INPUT_SIZE}_mem${MEMORY_SIZE}
+MODEL_TAG=${MODEL_NAME:-gpt2-small-scratch}
+CURRICULUM_DIR=$RUNS_DIR/arxiv/${MODEL_TAG//\//_}/curriculum_in${INPUT_SIZE}_mem${MEMORY_SIZE}
 MODEL_CPT=${MODEL_CPT:-}
 
 for N in $SEGMENTS; do
