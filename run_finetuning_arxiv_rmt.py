@@ -1,8 +1,8 @@
 """Train or evaluate a decoder with recurrent memory on long-document language modelling (SPEC §7).
 
 The backbone (GPT-2 from the hub with `--from_pretrained gpt2`, or any causal LM from `--model_cfg`) is wrapped
-in `MemoryCell` + `RecurrentWrapper`; `--num_mem_tokens 0 --max_n_segments 1` is the no-memory baseline.
-Documents are tokenized once and every full block of `input_size - 2 * num_mem_tokens` tokens is scored once,
+in `MemoryCell` + `RecurrentWrapper`; `--num_mem_tokens 0 --max_n_segments 1` (the defaults) is the no-memory
+baseline. Documents are tokenized once and every full block of `input_size - 2 * num_mem_tokens` tokens is scored once,
 read after up to `max_n_segments - 1` blocks of its document (`arxiv_lm.data`). Validation reports loss and
 perplexity of the last block (the trained objective), of all blocks and per segment position
 (`arxiv_lm.metrics`); after training, the best checkpoint is evaluated on validation and test and the numbers
@@ -72,10 +72,11 @@ class ArxivArgs:
     input_size: int = field(
         default=128, metadata={"help": "Tokens per backbone forward: segment tokens + 2 * num_mem_tokens "
                                        "(default: 128)"})
-    num_mem_tokens: int = field(default=2, metadata={"help": "Memory tokens; 0 is the no-memory baseline (default: 2)"})
+    num_mem_tokens: int = field(
+        default=0, metadata={"help": "Memory tokens; 0 with max_n_segments 1 is the no-memory baseline (default: 0)"})
     max_n_segments: int = field(
-        default=2, metadata={"help": "Blocks per sample: the scored block and up to max_n_segments - 1 blocks of "
-                                     "history (default: 2)"})
+        default=1, metadata={"help": "Blocks per sample: the scored block and up to max_n_segments - 1 blocks of "
+                                     "history (default: 1)"})
     k2: int = field(
         default=-1, metadata={"help": "Truncated BPTT: gradients flow through at most the last k2 segments; "
                                       "-1 = all (default: -1)"})
@@ -180,9 +181,14 @@ def build_model(args, tokenizer):
     model = get_cls_by_name(args.model_cls)(cell, segment_size=args.segment_size,
                                              max_n_segments=args.max_n_segments, k2=args.k2)
     if args.model_cpt:
-        checkpoint = load_checkpoint(Path(args.model_cpt) / BEST_CHECKPOINT_NAME)
-        model.load_state_dict(checkpoint["model_state_dict"])
-        logger.info(f"model initialised from {Path(args.model_cpt) / BEST_CHECKPOINT_NAME}")
+        path = Path(args.model_cpt) / BEST_CHECKPOINT_NAME
+        try:
+            model.load_state_dict(load_checkpoint(path)["model_state_dict"])
+        except RuntimeError as err:
+            mismatch = " ".join(str(err).split())[:300]  # torch lists each mismatching tensor on its own line
+            raise ValueError(f"model_cpt {str(path)!r} does not fit this model ({mismatch}): expected a checkpoint "
+                             "of the same backbone and num_mem_tokens") from err
+        logger.info(f"model initialised from {path}")
     logger.info(f"model: {type(backbone).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters with "
                 f"memory), segment size {args.segment_size}, {args.num_mem_tokens} memory tokens, up to "
                 f"{args.max_n_segments} segments")
@@ -298,12 +304,17 @@ def setup(argv=None):
 
 
 def main(argv=None):
+    """Train (unless validate_only) and evaluate; a usage error ends with one line on stderr and exit code 2.
+
+    Returns:
+        the results written to results.json.
+    """
     try:
         trainer_args, args, context, model, (train_loader, train_sampler, eval_loaders) = setup(argv)
+        trainer = make_trainer(args, trainer_args, model, train_loader, train_sampler, eval_loaders["validation"])
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(USAGE_ERROR_EXIT_CODE)
-    trainer = make_trainer(args, trainer_args, model, train_loader, train_sampler, eval_loaders["validation"])
     if not args.validate_only:
         trainer.train()
     return evaluate(trainer, trainer_args, eval_loaders, context, load_best=not args.validate_only)

@@ -120,7 +120,7 @@ def scalar_series(run_folder, tag):
 
 
 @pytest.mark.slow
-def test_end_to_end_script_writes_events_checkpoint_and_results(tmp_path):
+def test_end_to_end_script_writes_events_checkpoint_and_results(tmp_path, capsys):
     (tmp_path / "tiny_gpt2.json").write_text(json.dumps(TINY_GPT2))
     save_word_tokenizer(tmp_path / "tokenizer", WORDS, SPECIAL_TOKENS)
     run_folder = tmp_path / "run"
@@ -150,3 +150,7 @@ def test_end_to_end_script_writes_events_checkpoint_and_results(tmp_path):
                       *model_and_data])
     assert evaluated["validation"]["last_block_loss"] == pytest.approx(results["validation"]["last_block_loss"])
     assert (tmp_path / "eval" / "results.json").is_file()
+
+    code, message = run_main(["--validate_only", "--model_cpt", str(run_folder), "--input_size", "32",
+                              "--num_mem_tokens", "0", *model_and_data], capsys)
+    assert code == 2 and message[-1].startswith("error: ") and "does not fit this model" in message[-1]
