@@ -39,6 +39,7 @@ from .utils import init_distributed
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+TENSORBOARD_QUEUE_SIZE = 1000
 
 
 class NonFiniteLossError(RuntimeError):
@@ -187,8 +188,10 @@ class Trainer:
         if not self.is_main or self.args.model_path is None:
             return None
         from torch.utils.tensorboard import SummaryWriter  # slow import, needed only when writing logs
-        # purge_step hides events an interrupted run logged after its last checkpoint
-        return SummaryWriter(log_dir=self.args.model_path, purge_step=self.n_iter + 1 if self.n_iter else None)
+        # purge_step hides events an interrupted run logged after its last checkpoint; a long queue keeps the
+        # training loop from waiting on the writer thread
+        return SummaryWriter(log_dir=self.args.model_path, purge_step=self.n_iter + 1 if self.n_iter else None,
+                             max_queue=TENSORBOARD_QUEUE_SIZE)
 
     def _log(self, message: str, level: int = logging.INFO) -> None:
         if self.is_main:
@@ -253,7 +256,9 @@ class Trainer:
         return move_to_device(batch, self.device)
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()  # a disabled torch.autocast still costs tens of microseconds per call
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _forward(self, model: torch.nn.Module, batch: dict):
         with self._autocast():
