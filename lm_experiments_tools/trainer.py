@@ -116,7 +116,8 @@ class Trainer:
         if self.args.lr is not None:
             for group in optimizer.param_groups:
                 group["lr"] = self.args.lr
-        self.batch_stream = TrainBatchStream(train_dataloader, train_sampler) if train_dataloader else None
+        has_train_data = train_dataloader is not None
+        self.batch_stream = TrainBatchStream(train_dataloader, train_sampler) if has_train_data else None
         self.batch_transform_fn = batch_transform_fn
         self.metric_hooks = (batch_metrics_fn, keep_for_metrics_fn, metrics_fn)
         self.train_metrics = MetricsAccumulator(*self.metric_hooks)
@@ -216,7 +217,7 @@ class Trainer:
         progress = tqdm(total=self.args.iters, initial=self.n_iter, desc="train", disable=not self.is_main)
         with _deferred_stop_signals() as received_signals, progress:
             while self.n_iter < self.args.iters:
-                stop_requested = self._train_step(bool(received_signals))
+                stop_requested = self._train_step(received_signals)
                 progress.update(1)
                 early_stop = self._after_step()
                 if stop_requested:
@@ -268,8 +269,8 @@ class Trainer:
             raise ValueError(f"the model output is {keys}: expected a mapping with 'loss'")
         return output
 
-    def _train_step(self, signal_received: bool) -> bool:
-        """One optimizer step over one dataloader batch; returns whether all processes agreed to stop."""
+    def _train_step(self, received_signals: list) -> bool:
+        """One optimizer step over one dataloader batch; returns whether all processes agreed to stop after it."""
         batch = self._next_batch()
         sub_batches = split_batch(batch, self.args.batch_size)
         loss_sum = 0.0
@@ -286,7 +287,7 @@ class Trainer:
         grad_norm = self._unscale_and_clip()
         # loss + norm is finite iff both are; with fp16 the scaler itself skips steps with overflowing gradients
         checked = loss_sum if self.scaler.is_enabled() else loss_sum + grad_norm
-        nonfinite, stop_requested = self._agree_across_processes(~torch.isfinite(checked), signal_received)
+        nonfinite, stop_requested = self._agree_across_processes(~torch.isfinite(checked), bool(received_signals))
         self._apply_update(nonfinite, grad_norm)
         self.n_iter += 1
         self.n_samples += batch_num_samples(batch) * self.distributed.world_size
@@ -363,7 +364,8 @@ class Trainer:
             self.tb.flush()
 
     def _save_and_exit(self, received_signals: list) -> None:
-        name = signal.Signals(received_signals[0]).name
+        # under torchrun another process may have been the one that got the signal
+        name = signal.Signals(received_signals[0]).name if received_signals else "a stop signal on another process"
         if self.args.model_path is None:
             self._log(f"{name} received after step {self.n_iter}; no model_path, nothing saved", logging.WARNING)
         else:
@@ -371,6 +373,8 @@ class Trainer:
             checkpoint = Path(self.args.model_path) / iteration_checkpoint_name(self.n_iter)
             self._log(f"{name} received: stopped after step {self.n_iter}, resumable checkpoint {checkpoint}; "
                       f"continue with --resume", logging.WARNING)
+        if self.tb is not None:
+            self.tb.close()
         raise SystemExit(0)
 
     # ---- logging -----------------------------------------------------------------------------------------------

@@ -204,9 +204,7 @@ def test_generate_on_valid_passes_generation_outputs():
 @pytest.mark.parametrize("clip", ["clip_grad_norm", "clip_grad_value"])
 def test_gradient_clipping_bounds_the_update(clip):
     args = TrainerArgs(iters=1, lr=1.0, **{clip: 1e-3})
-    trainer = build_trainer(args, with_validation=False)
-    trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1.0)
-    trainer.params = list(trainer.model.parameters())
+    trainer = build_trainer(args, with_validation=False)  # SGD: the first momentum step is lr * gradient
     before = flat_parameters(trainer.model)
     trainer.train()
     update = flat_parameters(trainer.model) - before

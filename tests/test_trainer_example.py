@@ -4,11 +4,13 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "train_tiny_classifier.py"
 
 
+@pytest.mark.slow
 def test_example_learns_and_writes_the_run_folder(tmp_path, monkeypatch):
     run = tmp_path / "run_1"
     monkeypatch.setattr(sys, "argv", [str(EXAMPLE), "--model_path", str(run), "--batch_size", "32", "--iters", "40",
