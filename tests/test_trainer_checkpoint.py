@@ -36,14 +36,19 @@ def uninterrupted_parameters(model_path) -> torch.Tensor:
     return flat_parameters(trainer.model)
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("continue_with", ["resume", "init_checkpoint_skip_used_data"])
+def test_resume_equals_uninterrupted_run(tmp_path, continue_with):
     reference = uninterrupted_parameters(tmp_path / "reference")
     first = build_trainer(run_args(tmp_path / "run", iters=10), dropout=0.1)
     first.train()
     checkpoint = torch.load(tmp_path / "run" / "model_10.pth", weights_only=True)
     assert REQUIRED_CHECKPOINT_KEYS <= set(checkpoint) and checkpoint["iteration"] == 10
+    if continue_with == "resume":
+        args = run_args(tmp_path / "run", resume=True)
+    else:
+        args = run_args(tmp_path / "next", init_checkpoint=str(tmp_path / "run" / "model_10.pth"), skip_used_data=True)
     # a fresh model, optimizer and data loader, as in a new process; 64 samples / 4 = 16 batches per epoch
-    resumed = build_trainer(run_args(tmp_path / "run", resume=True), model_seed=99, dropout=0.1)
+    resumed = build_trainer(args, model_seed=99, dropout=0.1)
     assert resumed.n_iter == 10
     resumed.train()
     assert resumed.n_iter == 20
