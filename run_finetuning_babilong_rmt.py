@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
-from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 
 from babilong import BABILongDataset, PLACEMENTS, TASK_NAMES, decoder_collate, encoder_collate, get_task
 from babilong.dataset import GEN_TEXT, MODEL_TYPES
@@ -333,8 +333,8 @@ def train_loader(args, trainer_args, task, tokenizer, stage, segment_size, conte
     dataset = build_dataset(args, task, tokenizer, stage, "train", num_samples, segment_size, trainer_args.seed)
     if context.world_size > 1:
         sampler = DistributedSampler(dataset, shuffle=True, seed=trainer_args.seed, drop_last=True)
-    else:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(trainer_args.seed))
+    else:  # the global generator, which the Trainer seeds and restores on exact resume
+        sampler = RandomSampler(dataset)
     loader = DataLoader(dataset, batch_size=per_process, sampler=sampler, drop_last=True,
                         collate_fn=_collate(args, tokenizer), num_workers=args.data_n_workers)
     return loader, sampler
@@ -559,6 +559,7 @@ def setup(argv=None):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tokenizer = load_tokenizer(args)
     task = get_task(args.task, args.babi_path, args.max_n_facts)
+    set_seed(trainer_args.seed)  # the same initial weights (classifier, memory) for runs with the same seed
     model = build_model(args, tokenizer, len(task.labels), args.max_n_segments)
     stages, extra = plan_stages(args, model.segment_size, answer_room(args, tokenizer, task))
     if args.model_cpt:

@@ -51,6 +51,14 @@ def _label(key: tuple, n_models: int) -> str:
     return label if stage is None else f"{label}, trained on {stage} segments"
 
 
+def tokens_label(n_tokens: int) -> str:
+    """Axis label of a length: 684, 2.7K, 1M."""
+    for scale, suffix in ((1_000_000, "M"), (1_000, "K")):
+        if n_tokens >= scale:
+            return f"{n_tokens / scale:.3g}{suffix}"
+    return str(n_tokens)
+
+
 def format_table(lines: dict) -> str:
     """The plotted points as a markdown table."""
     rows = ["| task | model | trained on (segments) | segments | tokens | accuracy, % | samples |",
@@ -81,6 +89,9 @@ def plot_lines(lines: dict, output, title: str = "") -> Path:
     if len(chance) == 1:
         axes.axhline(chance.pop(), color="grey", linestyle=":", label="chance")
     axes.set_xscale("log")
+    lengths = sorted({r["input_seq_len"] for records in lines.values() for r in records})
+    axes.set_xticks(lengths, [tokens_label(n) for n in lengths])
+    axes.minorticks_off()
     axes.set_ylim(0, 105)
     axes.set_xlabel("input size, tokens")
     axes.set_ylabel("accuracy, %")
