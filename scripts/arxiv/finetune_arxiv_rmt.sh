@@ -30,13 +30,7 @@ MODEL_TAG=${MODEL_NAME:-gpt2-small-scratch}
 SETTING=lm_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg${MAX_N_SEGMENTS}_k2${K2}_tbs${TBS}_lr${LR}
 MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/arxiv/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 
-for name in NP ITERS TBS BS; do
-    [[ ${!name} =~ ^[1-9][0-9]*$ ]] || { echo "error: $name=${!name}: expected a positive integer" >&2; exit 2; }
-done
-if (( TBS % (BS * NP) != 0 )); then
-    echo "error: TBS=$TBS is not divisible by BS*NP=$((BS * NP)): expected a multiple" >&2; exit 2
-fi
-GRAD_ACC=$((TBS / (BS * NP)))
+source "$REPO_ROOT/scripts/batch_setup.sh"          # checks the batch sizes, sets GRAD_ACC
 TENTH=$(( ITERS / 10 > 0 ? ITERS / 10 : 1 ))
 VALID_INTERVAL=${VALID_INTERVAL:-$TENTH}
 WARMUP=${WARMUP:-$TENTH}                 # linear warm-up steps (ITERS/10)

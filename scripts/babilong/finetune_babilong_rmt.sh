@@ -38,13 +38,7 @@ N_SEGMENTS='{n_segments}'                     # filled in by the run script for 
 SETTING=${MODEL_TYPE}_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg${N_SEGMENTS}_tbs${TBS}_lr${LR}
 MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/$TASK/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 
-for name in NP ITERS TBS BS; do
-    [[ ${!name} =~ ^[1-9][0-9]*$ ]] || { echo "error: $name=${!name}: expected a positive integer" >&2; exit 2; }
-done
-if (( TBS % (BS * NP) != 0 )); then
-    echo "error: TBS=$TBS is not divisible by BS*NP=$((BS * NP)): expected a multiple" >&2; exit 2
-fi
-GRAD_ACC=$(( TBS / (BS * NP) ))
+source "$REPO_ROOT/scripts/batch_setup.sh"          # checks the batch sizes, sets GRAD_ACC
 CURRICULUM=$(echo $SEGMENTS | tr ' ' ',')
 
 torchrun --nproc_per_node="$NP" "$REPO_ROOT/run_finetuning_babilong_rmt.py" \
