@@ -1,0 +1,20 @@
+"""The two kinds of failure a run can end with, and the exit code each gives on the command line.
+
+Entry scripts print one line naming the cause and exit with the code of its kind; the full traceback goes to a
+log file in the run folder. Library code raises these (or subclasses) so that the kind is decided where the
+cause is known, not guessed from a builtin exception type far away.
+"""
+BAD_INPUT_EXIT_CODE = 2
+RUN_FAILURE_EXIT_CODE = 1
+
+
+class BadInputError(ValueError):
+    """The user gave something unusable: a flag value, a file, a checkpoint, a run folder (exit code 2)."""
+
+    exit_code = BAD_INPUT_EXIT_CODE
+
+
+class RunFailure(RuntimeError):
+    """The run started from good input but cannot go on: a full disk, non-finite weights (exit code 1)."""
+
+    exit_code = RUN_FAILURE_EXIT_CODE
