@@ -159,7 +159,9 @@ class World:
 
     def step(self, allowed: tuple):
         """One random event among `allowed` ('move', 'take', 'drop', 'give') that is possible now."""
-        possible = ["move"]
+        if allowed == ("move",):
+            return self.move()
+        possible = ["move", "move"]  # moves twice as often as any other event, as bAbI stories read
         if "take" in allowed and self.can_take():
             possible.append("take")
         if "drop" in allowed and any(h is not None for h in self.holder.values()):
@@ -198,9 +200,11 @@ def qa2_question(world: World) -> Optional[Question]:
 
 
 def qa3_question(world: World) -> Optional[Question]:
-    """'Where was the O before the P?' for P the object's current place, when it was in P only once."""
-    candidates = [o for o in world.objects if len(world.history[o]) >= 2
-                  and [p for p, _ in world.history[o]].count(world.history[o][-1][0]) == 1]
+    """'Where was the O before the P?': P the object's current place, the answer the place it came from.
+
+    As in bAbI, "before the P" refers to the object's latest arrival in P (it may have been in P earlier too).
+    """
+    candidates = [o for o in world.objects if len(world.history[o]) >= 2]
     if not candidates:
         return None
     obj = _pick(world.rng, candidates)
@@ -224,14 +228,15 @@ def world_story(rng, task: str, n_questions: int) -> Story:
     world = World(rng, story, NAMES, OBJECTS if task != "qa1" else ())
     ask = {"qa1": qa1_question, "qa2": qa2_question, "qa3": qa3_question}[task]
     allowed = ("move",) if task == "qa1" else ("move", "take", "drop")
+    previous = None
     while n_questions:
         for _ in range(int(rng.integers(shape.min_events, shape.max_events + 1))):
             world.step(allowed)
         question = ask(world)
-        repeated = task != "qa1" and question is not None and story.lines and story.lines[-1] == question
-        if question is not None and not repeated:  # qa2/qa3: a new event before the same question again
-            story.ask(question)
-            n_questions -= 1
+        if question is None or (task != "qa1" and question.text == previous):  # qa2/qa3: no question twice in a row
+            continue
+        story.ask(question)
+        previous, n_questions = question.text, n_questions - 1
     return story
 
 

@@ -81,7 +81,7 @@ class Reader:
             return self.object_at[m[1]]
         if m := re.fullmatch(r"Where was the (\w+) before the (\w+)\?", question):
             trail = self.trail[m[1]]
-            assert trail[-1] == m[2] and trail.count(m[2]) == 1
+            assert trail[-1] == m[2]  # before its latest arrival in the place asked about
             return trail[-2]
         if m := re.fullmatch(r"What is (\w+) of the (\w+)\?", question):
             return self._unique([x for x, d, y in self.relations if (d, y) == (m[1], m[2])])
