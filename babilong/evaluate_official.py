@@ -246,11 +246,15 @@ def load_run(run_dir: str):
     return args, tokenizer, model.eval(), labels
 
 
+def prompt_ids(tokenizer, *pieces: str) -> torch.Tensor:
+    """The pieces tokenized one by one and joined, as training samples are built (babilong.dataset)."""
+    return torch.tensor([i for piece in pieces for i in tokenizer.encode(piece, add_special_tokens=False)])
+
+
 def encoder_answer(model, tokenizer, labels) -> Callable:
     """Answers of a classifier: the label of the highest logit for input + question."""
     def answer(inputs, questions):
-        ids = [torch.tensor(tokenizer.encode(text + " " + question, add_special_tokens=False))
-               for text, question in zip(inputs, questions)]
+        ids = [prompt_ids(tokenizer, text, question) for text, question in zip(inputs, questions)]
         model.max_n_segments = max(1, max(math.ceil(len(i) / model.segment_size) for i in ids))
         input_ids = pad_sequences(ids, tokenizer.pad_token_id)
         mask = pad_sequences([torch.ones(len(i), dtype=torch.long) for i in ids], 0)
@@ -265,8 +269,7 @@ def decoder_answer(model, tokenizer, max_new_tokens: int) -> Callable:
     eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
 
     def answer(inputs, questions):
-        ids = [torch.tensor(tokenizer.encode(f"{text} {question} {GEN_TEXT}", add_special_tokens=False))
-               for text, question in zip(inputs, questions)]
+        ids = [prompt_ids(tokenizer, text, question, GEN_TEXT) for text, question in zip(inputs, questions)]
         model.max_n_segments = max(1, max(math.ceil(len(i) / model.segment_size) for i in ids))
         input_ids = pad_sequences(ids, tokenizer.pad_token_id, "left")
         mask = pad_sequences([torch.ones(len(i), dtype=torch.long) for i in ids], 0, "left")
