@@ -103,14 +103,15 @@ class World:
         held_since: object -> id of the line where its holder took (or received) it.
         history: object -> list of (place, supporting ids) for each place it was known to be in, in order.
         dropped: object -> (place, supporting ids) while it lies where its last holder dropped it.
+        lying: object -> the place where it lies when nobody holds it (at first a hidden random place).
     """
 
     def __init__(self, rng, story: Story, actors, objects):
         self.rng, self.story, self.actors, self.objects = rng, story, actors, objects
         self.place, self.holder, self.held_since = {}, {o: None for o in objects}, {}
         self.history = {o: [] for o in objects}
-        self.dropped = {}  # object -> (place, ids of the holder's last move and of the drop) while it lies there
-        self.lying = {o: _pick(rng, PLACES) for o in objects}  # where a free object is (unknown until taken)
+        self.dropped = {}
+        self.lying = {o: _pick(rng, PLACES) for o in objects}
 
     def move(self) -> int:
         actor = _pick(self.rng, self.actors)
