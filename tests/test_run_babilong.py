@@ -11,7 +11,9 @@ import torch
 
 import run_finetuning_babilong_rmt as run_babilong
 from babilong import plot
+from babilong.metrics import f1_scores
 from babilong.results import RESULTS_FILE, append_result, read_results
+from lm_experiments_tools import runs as run_layer
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.utils import CONFIG_FILE
 
@@ -71,7 +73,7 @@ def curriculum_run(tiny_bert, tmp_path_factory):
     """A two-stage curriculum (1 then 2 segments), evaluated also at 3 segments; records weight loads in order."""
     runs = tmp_path_factory.mktemp("runs")
     events = []
-    original_load, original_prepare = run_babilong.load_model_weights, run_babilong.prepare_run
+    original_load, original_prepare = run_layer.load_model_weights, run_layer.prepare_run
 
     def spy_load(model, path):
         events.append(("load", Path(path)))
@@ -82,8 +84,8 @@ def curriculum_run(tiny_bert, tmp_path_factory):
         return original_prepare(values, logger)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(run_babilong, "load_model_weights", spy_load)
-        patch.setattr(run_babilong, "prepare_run", spy_prepare)
+        patch.setattr(run_layer, "load_model_weights", spy_load)
+        patch.setattr(run_layer, "prepare_run", spy_prepare)
         run_babilong.main(common_args(tiny_bert) + training_args() + [
             "--curriculum", "1,2", "--eval_n_segments", "3", "--model_path", str(runs / STAGE_DIR / "run_1")])
     return runs, events
@@ -138,7 +140,7 @@ def test_decoder_generation_reports_exact_match(tmp_path):
 
 def test_f1_scores_against_hand_counts():
     predictions, labels = torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1])
-    scores = run_babilong.f1_scores(predictions, labels, n_classes=3)
+    scores = f1_scores(predictions, labels, n_classes=3)
     # class 0: tp 1 fp 1 fn 0 -> 2/3; class 1: tp 1 fp 0 fn 2 -> 1/2; class 2 never a label: not in the macro mean
     assert scores["f1_macro"] == pytest.approx(100 * (2 / 3 + 1 / 2) / 2)
     assert scores["f1_micro"] == pytest.approx(100 * 2 * 2 / (2 * 2 + 2 + 2))
