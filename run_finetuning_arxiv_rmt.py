@@ -119,7 +119,7 @@ def build_model(args: ArxivArgs, tokenizer):
     """The backbone in a memory cell in a recurrent wrapper, initialised from model_cpt when given."""
     source = ({"pretrained": args.from_pretrained} if args.from_pretrained else
               {"config": load_config(args.model_cfg) if args.model_cfg else default_gpt2_config(tokenizer)})
-    backbone = build_backbone(args.backbone_cls, tokenizer, args.input_size, **source)
+    backbone = build_backbone(args.backbone_cls, tokenizer, input_size=args.input_size, **source)
     cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens)
     model = get_cls_by_name(args.model_cls)(cell, segment_size=args.segment_size,
                                              max_n_segments=args.max_n_segments, k2=args.bptt_segments)
@@ -147,7 +147,7 @@ def _evenly_spaced(dataset, n_samples):
     return Subset(dataset, np.linspace(0, len(dataset) - 1, n_samples).round().astype(int).tolist())
 
 
-def build_batches(args: ArxivArgs, trainer_args: TrainerArgs, tokenized, tokenizer, context) -> tuple:
+def build_batches(args: ArxivArgs, trainer_args: TrainerArgs, *, tokenized, tokenizer, context) -> tuple:
     """(training batches, {split: evaluation batches} for validation and, when present, test)."""
     datasets = {name: SegmentDataset.from_tokenized(split, args.segment_size, args.max_n_segments)
                 for name, split in tokenized.items()}
@@ -158,12 +158,14 @@ def build_batches(args: ArxivArgs, trainer_args: TrainerArgs, tokenized, tokeniz
     collate = SegmentCollator(tokenizer.pad_token_id, args.segment_size, args.max_n_segments)
     train_collate = SegmentCollator(tokenizer.pad_token_id, args.segment_size, args.max_n_segments,
                                     vary_n_segments=args.vary_n_segments, seed=trainer_args.seed)
-    train = train_batches(datasets["train"], trainer_args, context, train_collate, args.data_n_workers)
+    train = train_batches(datasets["train"], trainer_args, context=context, collate_fn=train_collate,
+                          num_workers=args.data_n_workers)
     evaluation = {name: _evenly_spaced(datasets[name], args.num_valid_samples)
                   for name in ("validation", "test") if name in datasets}
     logger.info(f"samples: train {len(datasets['train'])}, "
                 + ", ".join(f"{name} {len(dataset)}" for name, dataset in evaluation.items()))
-    return train, {name: eval_batches(dataset, trainer_args, context, collate, args.data_n_workers)
+    return train, {name: eval_batches(dataset, trainer_args, context=context, collate_fn=collate,
+                                      num_workers=args.data_n_workers)
                    for name, dataset in evaluation.items()}
 
 
@@ -173,7 +175,7 @@ def setup(argv=None) -> ArxivRun:
     context = start_run(trainer_args)
     tokenizer = ensure_pad_and_eos(load_tokenizer(args.tokenizer or args.from_pretrained))
     tokenized = tokenize_splits(load_text(args), tokenizer, args.text_column, num_proc=args.data_n_workers or None)
-    train, eval_loaders = build_batches(args, trainer_args, tokenized, tokenizer, context)
+    train, eval_loaders = build_batches(args, trainer_args, tokenized=tokenized, tokenizer=tokenizer, context=context)
     set_seed(trainer_args.seed)  # the same initial weights for runs that differ only in memory or input size
     model = build_model(args, tokenizer)
     write_run_config(trainer_args, args)
@@ -182,7 +184,7 @@ def setup(argv=None) -> ArxivRun:
         return block_nll(output["logits"], batch["input_ids"], batch["attention_mask"], args.segment_size,
                          args.max_n_segments)
 
-    trainer = make_trainer(trainer_args, args, model, train=train, valid=eval_loaders["validation"],
+    trainer = make_trainer(trainer_args, args, model=model, train=train, valid=eval_loaders["validation"],
                            keep_for_metrics_fn=keep_for_metrics, metrics_fn=segment_metrics)
     return ArxivRun(trainer_args, args, context, trainer, eval_loaders)
 

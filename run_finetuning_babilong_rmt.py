@@ -213,7 +213,7 @@ def build_model(args: BabilongArgs, tokenizer, n_labels: int):
     """The backbone inside its memory wrapper, at max_n_segments segments."""
     labels = {"num_labels": n_labels} if args.model_type == "encoder" else {}
     backbone = build_backbone(args.backbone_cls or DEFAULT_BACKBONE_CLS[args.model_type], tokenizer,
-                              args.input_size, **backbone_source(args, tokenizer), **labels)
+                              input_size=args.input_size, **backbone_source(args, tokenizer), **labels)
     model_cls = get_cls_by_name(args.model_cls or DEFAULT_MODEL_CLS[args.model_type])
     if args.model_type == "encoder":
         return model_cls(backbone, args.num_mem_tokens, tokenizer, args.input_size, args.max_n_segments,
@@ -300,15 +300,15 @@ class Experiment:
         per_step = self.trainer_args.batch_size * self.trainer_args.gradient_accumulation_steps
         num_samples = self.args.num_train_samples or self.task.num_samples("train") or max(
             self.trainer_args.iters * per_step * self.context.world_size, per_step * self.context.world_size)
-        return train_batches(self.dataset(stage, "train", num_samples), self.trainer_args, self.context,
-                             self.collate(), self.args.data_n_workers)
+        return train_batches(self.dataset(stage, "train", num_samples), self.trainer_args, context=self.context,
+                             collate_fn=self.collate(), num_workers=self.args.data_n_workers)
 
     def valid_batches(self, stage: Stage):
         """Validation batches over this process's share; each sample counts once over all processes."""
         return eval_batches(self.dataset(stage, "valid", self.args.num_valid_samples), self.trainer_args,
-                            self.context, self.collate(), self.args.data_n_workers)
+                            context=self.context, collate_fn=self.collate(), num_workers=self.args.data_n_workers)
 
-    def trainer(self, trainer_args, valid, train=None, forward_kwargs=None):
+    def trainer(self, trainer_args, valid, *, train=None, forward_kwargs=None):
         """A Trainer with the BABILong metric hooks; `train` None for evaluation only."""
         args, tokenizer = self.args, self.tokenizer
         metrics = BabilongMetrics(self.model, args.model_type, tokenizer, self.task.labels, args.show_valid_examples)
@@ -317,12 +317,12 @@ class Experiment:
             eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
             generate_kwargs = {"max_new_tokens": answer_room(args, tokenizer, self.task), "eos_token_id": eos_id,
                                "pad_token_id": tokenizer.pad_token_id, "do_sample": False}
-        return make_trainer(trainer_args, args, self.model, valid=valid, train=train,
+        return make_trainer(trainer_args, args, model=self.model, valid=valid, train=train,
                             keep_for_metrics_fn=metrics.keep, metrics_fn=metrics.compute,
                             forward_kwargs=forward_kwargs, generate_kwargs=generate_kwargs)
 
 
-def evaluate(experiment: Experiment, stage: Stage, checkpoint: Path, results_dir, trained_n_segments) -> dict:
+def evaluate(experiment: Experiment, stage: Stage, *, checkpoint: Path, results_dir, trained_n_segments) -> dict:
     """Evaluate the model at `stage`'s length and append a record to results_dir/results.jsonl.
 
     Returns:
@@ -391,10 +391,11 @@ def run_curriculum(experiment: Experiment, stages: list, extra: list) -> None:
         if run_dir is not None and (run_dir / BEST_CHECKPOINT_NAME).is_file():
             checkpoint = load_run_weights(experiment.model, run_dir)
             init_dir = run_dir
-        evaluate(experiment, stage, checkpoint, run_dir, stage.n_segments)
+        evaluate(experiment, stage, checkpoint=checkpoint, results_dir=run_dir, trained_n_segments=stage.n_segments)
     for stage in extra:
         if stage != stages[-1]:
-            evaluate(experiment, stage, checkpoint, run_dir, stages[-1].n_segments)
+            evaluate(experiment, stage, checkpoint=checkpoint, results_dir=run_dir,
+                     trained_n_segments=stages[-1].n_segments)
 
 
 def _trained_n_segments(model_cpt) -> int | None:
@@ -411,7 +412,8 @@ def validate_checkpoint(experiment: Experiment, stages: list, extra: list) -> No
     results_dir = experiment.trainer_args.model_path or args.model_cpt
     write_run_config(experiment.trainer_args, args)
     for stage in extra or stages:
-        evaluate(experiment, stage, checkpoint, results_dir, _trained_n_segments(args.model_cpt))
+        evaluate(experiment, stage, checkpoint=checkpoint, results_dir=results_dir,
+                 trained_n_segments=_trained_n_segments(args.model_cpt))
 
 
 def setup(argv=None) -> tuple:

@@ -7,7 +7,7 @@ method for the checks only it knows), builds its own data and metrics, and takes
         trainer_args, args = parse_args(MyArgs, argv)
         context = start_run(trainer_args)
         ...
-        trainer = make_trainer(trainer_args, args, model, train=..., valid=..., metrics_fn=...)
+        trainer = make_trainer(trainer_args, args, model=..., train=..., valid=..., metrics_fn=...)
     trainer.train()
 
 Checks of the options live in one place (`check_args`, which calls the script's `check`), and one context
@@ -174,7 +174,7 @@ def check_config_fits(config, tokenizer, input_size: int) -> None:
                             f"{len(tokenizer)} tokens: expected a config that covers the tokenizer")
 
 
-def build_backbone(backbone_cls: str, tokenizer, input_size: int, *, pretrained=None, config=None, **overrides):
+def build_backbone(backbone_cls: str, tokenizer, *, input_size: int, pretrained=None, config=None, **overrides):
     """The backbone from `pretrained` (a name or folder) or from scratch from `config`.
 
     Args:
@@ -220,7 +220,7 @@ class TrainBatches:
     sampler: object
 
 
-def train_batches(dataset, trainer_args: TrainerArgs, context, collate_fn, num_workers: int) -> TrainBatches:
+def train_batches(dataset, trainer_args: TrainerArgs, *, context, collate_fn, num_workers: int) -> TrainBatches:
     """Shuffled batches of batch_size * gradient_accumulation_steps samples per process, last partial one dropped."""
     if context.world_size > 1:
         sampler = DistributedSampler(dataset, shuffle=True, seed=trainer_args.seed, drop_last=True)
@@ -244,7 +244,7 @@ def process_shard(dataset, context):
     return Subset(dataset, range(start, end))
 
 
-def eval_batches(dataset, trainer_args: TrainerArgs, context, collate_fn, num_workers: int) -> DataLoader:
+def eval_batches(dataset, trainer_args: TrainerArgs, *, context, collate_fn, num_workers: int) -> DataLoader:
     """Evaluation batches of batch_size over this process's shard (`process_shard`), in order."""
     return DataLoader(process_shard(dataset, context), batch_size=trainer_args.batch_size, collate_fn=collate_fn,
                       num_workers=num_workers)
@@ -258,7 +258,7 @@ def build_optimizer(args: RunArgs, trainer_args: TrainerArgs, model: torch.nn.Mo
     return get_optimizer(args.optimizer)(model.parameters(), **kwargs)
 
 
-def make_trainer(trainer_args: TrainerArgs, args: RunArgs, model, *, valid, train: TrainBatches = None,
+def make_trainer(trainer_args: TrainerArgs, args: RunArgs, *, model, valid, train: TrainBatches = None,
                  **hooks) -> Trainer:
     """A Trainer with the optimizer of the options.
 
