@@ -18,7 +18,9 @@ with the MiniLM tokenizer, so the script runs on a fresh CPU machine without dow
         --num_mem_tokens 2 --max_n_segments 2 --batch_size 8 --iters 300 --lr 1e-3 --valid_interval 100
 
 Bad input (missing data, missing splits, input_size <= 2 * num_mem_tokens, a tokenizer without pad/eos
-fallback, ...) stops with a one-line message and exit code 2.
+fallback, ...) stops with a one-line message and exit code 2. What this script shares with
+run_finetuning_babilong_rmt.py (options, checks, backbone, `--model_cpt`, validation sharding, optimizer, Trainer,
+run folder) is in `lm_experiments_tools.runs`.
 """
 import json
 import logging

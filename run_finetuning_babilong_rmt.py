@@ -26,7 +26,9 @@ constant memory and a progress bar per sample.
         --optimize_metric exact_match --optimize_mode max
 
 Bad input (a `--model_cpt` without model_best.pth or made with another num_mem_tokens or backbone, an
-input_seq_len that the segments cannot hold, ...) stops with a one-line message and exit code 2.
+input_seq_len that the segments cannot hold, ...) stops with a one-line message and exit code 2. What this script
+shares with run_finetuning_arxiv_rmt.py (options, checks, backbone, `--model_cpt`, validation sharding, optimizer,
+Trainer, run folder) is in `lm_experiments_tools.runs`; the metrics are in `babilong.metrics`.
 """
 import dataclasses
 import functools
