@@ -30,14 +30,16 @@ import csv
 import json
 import logging
 import math
-import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
+from lm_experiments_tools.runs import LOG_FORMAT, exit_on_bad_input, load_run_weights
+from lm_experiments_tools.utils import CONFIG_FILE
 
 from .dataset import GEN_TEXT, pad_sequences
 from .tasks import get_task
@@ -221,28 +223,23 @@ def evaluate(dataset: str, splits: dict, predictor: Predictor, out_dir, max_samp
 
 # ---- the model of a run folder --------------------------------------------------------------------------------
 
-def _run_layer():
-    """The entry script's model building (tokenizer, model, checkpoint loading, run arguments)."""
-    import run_finetuning_babilong_rmt as run_script
-    return run_script
-
-
 def load_run(run_dir: str):
-    """(run arguments, tokenizer, model with model_best.pth loaded, answer labels) of a BABILong run folder."""
-    run_script = _run_layer()
-    config_file = Path(run_dir) / "config.json"
-    if not config_file.is_file():
-        raise BadInputError(f"--model_cpt {run_dir!r} has no config.json: expected a run folder written by "
-                            "run_finetuning_babilong_rmt.py")
+    """(run arguments, tokenizer, model with model_best.pth loaded, answer labels) of a BABILong run folder.
+
+    The model is built as the entry script builds it, from the arguments saved in the run's config.json.
+    """
+    import run_finetuning_babilong_rmt as babilong_run  # the BABILong options and model building
+    config_file = Path(run_dir) / CONFIG_FILE
+    if not config_file.is_file() or not (Path(run_dir) / BEST_CHECKPOINT_NAME).is_file():
+        raise BadInputError(f"--model_cpt {run_dir!r}: expected a run folder with {CONFIG_FILE} and "
+                            f"{BEST_CHECKPOINT_NAME} (written by run_finetuning_babilong_rmt.py --save_best)")
     saved = json.loads(config_file.read_text()).get("args", {})
-    names = {f.name for f in fields(run_script.BabilongArgs)}
-    args = run_script.BabilongArgs(**{k: v for k, v in saved.items() if k in names})
-    args.model_cpt = run_dir
-    run_script.check_checkpoint_folder(args)
-    tokenizer = run_script.load_tokenizer(args)
+    names = {f.name for f in fields(babilong_run.BabilongArgs)}
+    args = babilong_run.BabilongArgs(**{k: v for k, v in saved.items() if k in names})
+    tokenizer = babilong_run.babilong_tokenizer(args)
     labels = get_task(args.task, args.babi_path, args.max_n_facts).labels
-    model = run_script.build_model(args, tokenizer, len(labels), max(args.max_n_segments, 1))
-    run_script.load_weights(model, run_dir)
+    model = babilong_run.build_model(args, tokenizer, len(labels))
+    load_run_weights(model, run_dir)
     return args, tokenizer, model.eval(), labels
 
 
@@ -306,8 +303,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    with exit_on_bad_input():  # BadInputError and the run folder's own checks: one line, exit code 2
         tasks = parse_list("--tasks", args.tasks, tuple(TASK_LABELS))
         lengths = parse_list("--lengths", args.lengths)
         for name in ("batch_size", "max_samples"):
@@ -315,10 +312,7 @@ def main(argv=None):
                 raise BadInputError(f"--{name} {getattr(args, name)}: expected a positive integer")
         splits = load_splits(args.dataset, lengths, tasks)
         predictor = run_predictor(args.model_cpt, args.batch_size)
-        summary = evaluate(args.dataset, splits, predictor, args.out, args.max_samples)
-    except (ValueError, OSError) as error:  # BadInputError, and the run script's checks of the run folder
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2)
+        summary = evaluate(args.dataset, splits, predictor, args.out, args.max_samples)  # an unwritable --out too
     print(summary_markdown(summary, lengths))
 
 
