@@ -1,0 +1,306 @@
+"""Where text comes from: one reader for BABILong's background text and for the ArXiv language-modelling documents.
+
+A text source is named by one string:
+- 'default', the offline default: the prose of the Python standard library, present on every Python install
+  (docs/design.md, "Background text and the offline default"). A document is one source file (every
+  triple-quoted string in it, joined by blank lines; the standard library's folders are walked recursively,
+  tests and third-party packages left out) or one topic of the language reference (`pydoc_data.topics`).
+- plain text: a .txt file, a folder of .txt files, or a glob of them. A file is a document; a single file is cut
+  into paragraphs at blank lines, so that it has documents to split.
+- a folder written by `datasets` `save_to_disk`: a DatasetDict keeps its own splits, a single Dataset is split.
+- a Hugging Face hub dataset 'name' or 'name:config' (needs internet; the tests use a fake `load_dataset`).
+
+Splits are SPLITS. A source with splits of its own keeps them ('valid', 'val' and 'dev' are read as
+'validation'); any other source is split by a stable hash of each document's name (`document_split`), so a
+document never moves when others are added. A consumer with one evaluation split (BABILong's background) reads
+HELD_OUT: the validation and test documents of a hash-split source together, else the source's validation
+split (its test split when it has none).
+
+One column convention: `text_column=None` reads the first of TEXT_COLUMNS that a dataset has; a name reads that
+column and nothing else. `datasets` is imported only by the functions that read datasets, so the offline
+default and text files work on a machine without it.
+"""
+import glob
+import os
+import re
+import sysconfig
+import zlib
+from functools import lru_cache
+from itertools import chain
+from typing import Optional
+
+from lm_experiments_tools.errors import BadInputError
+
+SPLITS = ("train", "validation", "test")
+HELD_OUT = "held_out"
+REQUIRED_SPLITS = ("train", "validation")
+SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
+HASH_BUCKETS = 100
+VALIDATION_BUCKETS = range(0, 10)  # 10% of the documents of a source without splits
+TEST_BUCKETS = range(10, 20)  # another 10%; the remaining 80% train
+TEXT_COLUMNS = ("text", "input", "document", "article", "content")
+SOURCE_KINDS = ("'default' (offline: Python standard library docstrings)",
+                "a datasets.save_to_disk folder",
+                "a .txt file, a folder of .txt files or a glob of them",
+                "a Hugging Face dataset name with optional config, e.g. 'tau/scrolls:quality' or 'pg19'")
+PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+TRIPLE_QUOTED = re.compile(r'"""(.*?)"""|\'\'\'(.*?)\'\'\'', re.S)
+HUB_NAME = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
+STDLIB_SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "__pycache__"}
+SAVED_DATASET_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
+
+
+# ---- splits and columns ---------------------------------------------------------------------------------------
+
+def document_split(name: str) -> str:
+    """The split of a document of a source without splits: 'train', 'validation' or 'test', by a hash of its name."""
+    bucket = zlib.crc32(name.encode("utf-8")) % HASH_BUCKETS
+    if bucket in VALIDATION_BUCKETS:
+        return "validation"
+    return "test" if bucket in TEST_BUCKETS else "train"
+
+
+def in_split(name: str, split: str) -> bool:
+    """Whether document `name` belongs to `split` (one of SPLITS or HELD_OUT) under `document_split`."""
+    own = document_split(name)
+    return own != "train" if split == HELD_OUT else own == split
+
+
+def split_documents(named_texts) -> dict:
+    """{split: [texts]} for every split of SPLITS, by `document_split`, documents in their given order."""
+    splits = {split: [] for split in SPLITS}
+    for name, text in named_texts:
+        splits[document_split(name)].append(text)
+    return splits
+
+
+def text_column(column_names, requested: Optional[str], source: str) -> str:
+    """The column holding the text: `requested` when given, else the first of TEXT_COLUMNS present."""
+    candidates = (requested,) if requested else TEXT_COLUMNS
+    column = next((c for c in candidates if c in column_names), None)
+    if column is None:
+        expected = f"the column {requested!r}" if requested else f"one of the text columns {TEXT_COLUMNS}"
+        raise BadInputError(f"text source {source!r} has columns {list(column_names)}: expected {expected}")
+    return column
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS + (HELD_OUT,):
+        raise BadInputError(f"split {split!r}: expected one of {', '.join(SPLITS + (HELD_OUT,))}")
+
+
+# ---- the offline default --------------------------------------------------------------------------------------
+
+def python_source_documents(root: str) -> tuple:
+    """(path relative to root, its triple-quoted strings joined by blank lines) of every .py file below root.
+
+    Files are read in sorted order, folders of STDLIB_SKIP_DIRS left out; files without such strings too.
+    """
+    documents = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if d not in STDLIB_SKIP_DIRS)
+        for file in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, file)
+            with open(path, encoding="utf-8", errors="replace") as f:
+                strings = [a or b for a, b in TRIPLE_QUOTED.findall(f.read())]
+            if strings:
+                documents.append((os.path.relpath(path, root), "\n\n".join(strings)))
+    return tuple(documents)
+
+
+@lru_cache(maxsize=1)
+def stdlib_documents() -> tuple:
+    """(name, text) documents of the offline default: the standard library's sources, then the reference topics."""
+    import pydoc_data.topics
+    topics = pydoc_data.topics.topics
+    return (python_source_documents(sysconfig.get_paths()["stdlib"])
+            + tuple((f"pydoc_data.topics:{key}", topics[key]) for key in sorted(topics)))
+
+
+# ---- plain text files -----------------------------------------------------------------------------------------
+
+def read_text_file(path) -> str:
+    """A text file's content; a missing file is bad input."""
+    if not os.path.isfile(path):
+        raise BadInputError(f"text file {str(path)!r} not found: expected a readable plain text file")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def text_file_paths(spec: str) -> Optional[list]:
+    """The .txt files a spec names (a file, a folder searched recursively, a glob); None if it names none."""
+    if os.path.isfile(spec):
+        return [spec]
+    if os.path.isdir(spec):
+        return sorted(glob.glob(os.path.join(spec, "**", "*.txt"), recursive=True))
+    if glob.has_magic(spec):
+        return sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+    return None
+
+
+def text_file_documents(paths: list) -> list:
+    """(name, text) documents of text files: one per file, or one per paragraph of a single file."""
+    documents = [(path, read_text_file(path)) for path in paths]
+    if len(documents) == 1:
+        return [(p, p) for p in PARAGRAPH_BREAK.split(documents[0][1]) if p.strip()]
+    return documents
+
+
+def text_files_by_split(paths_by_split: dict) -> dict:
+    """{split: [texts]} from files listed per split, one document per file (no hashing: the user chose)."""
+    return {split: [read_text_file(path) for path in paths] for split, paths in paths_by_split.items() if paths}
+
+
+# ---- datasets: saved folders and the hub ----------------------------------------------------------------------
+
+def _is_saved_dataset(path: str) -> bool:
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in SAVED_DATASET_MARKERS)
+
+
+def _one_column(dataset, requested: Optional[str], source: str):
+    """The dataset with only its text column, named 'text'."""
+    column = text_column(dataset.column_names, requested, source)
+    dataset = dataset.select_columns([column])
+    return dataset if column == "text" else dataset.rename_column(column, "text")
+
+
+def _dataset_splits(dataset, requested: Optional[str], source: str) -> dict:
+    """{split: one-column Dataset} of a DatasetDict, or {split: [texts]} of a single Dataset split by text hash."""
+    from datasets import DatasetDict
+    if isinstance(dataset, DatasetDict):
+        return {SPLIT_ALIASES.get(name, name): _one_column(split, requested, source)
+                for name, split in dataset.items()}
+    texts = dataset[text_column(dataset.column_names, requested, source)]
+    return split_documents((text, text) for text in texts)
+
+
+def _hub_error(spec: str, error: Exception) -> BadInputError:
+    return BadInputError(f"text source {spec!r} could not be loaded from the Hugging Face hub "
+                         f"({type(error).__name__}: {' '.join(str(error).split())}); accepted kinds: {'; '.join(SOURCE_KINDS)}")
+
+
+def _load_from_hub(spec: str, **kwargs):
+    """`datasets.load_dataset` of 'name[:config]'; any failure is bad input naming the source."""
+    from datasets import load_dataset
+    name, _, config = spec.partition(":")
+    try:
+        return load_dataset(name, config or None, **kwargs)
+    except Exception as error:  # any hub/network/format failure means the source cannot be read
+        raise _hub_error(spec, error) from error
+
+
+def _hub_split_texts(spec: str, split: str, requested: Optional[str]):
+    """Texts of one split of a hub dataset, streamed (a generator), so that a huge corpus is read only in part."""
+    hub_split = "validation" if split == HELD_OUT else split
+    examples = iter(_load_from_hub(spec, split=hub_split, streaming=True))
+    try:
+        first = next(examples)
+    except Exception as error:  # streaming fails on the first read, not on load_dataset
+        raise _hub_error(spec, error) from error
+    column = text_column(list(first), requested, spec)
+    return (example[column] for example in chain([first], examples))
+
+
+# ---- one source, by name --------------------------------------------------------------------------------------
+
+def _looks_like_path(spec: str) -> bool:
+    return (os.path.exists(spec) or glob.has_magic(spec) or spec.startswith((os.sep, ".", "~"))
+            or spec.endswith((".txt", os.sep)) or not HUB_NAME.match(spec))
+
+
+def _unknown_source_error(spec: str, what: str) -> BadInputError:
+    return BadInputError(f"{what} {spec!r} not found; accepted kinds: {'; '.join(SOURCE_KINDS)}")
+
+
+def _local_splits(spec: str, requested: Optional[str], what: str) -> dict:
+    """{split: documents} of the offline default, a saved dataset or text files."""
+    if spec == "default":
+        return split_documents(stdlib_documents())
+    if _is_saved_dataset(spec):
+        from datasets import load_from_disk
+        return _dataset_splits(load_from_disk(spec), requested, spec)
+    paths = text_file_paths(spec)
+    if not paths:
+        raise _unknown_source_error(spec, what)
+    return split_documents(text_file_documents(paths))
+
+
+def load_splits(spec: str, text_column_name: Optional[str] = None, what: str = "text source") -> dict:
+    """Every split of a source: {split: documents} with at least train and validation.
+
+    Documents are a list of texts, or a `datasets.Dataset` with one 'text' column for a dataset with splits of
+    its own (kept memory-mapped). A hub dataset is downloaded whole (not streamed). Empty splits are left out.
+    """
+    if spec != "default" and not _looks_like_path(spec):
+        splits = _dataset_splits(_load_from_hub(spec), text_column_name, spec)
+    else:
+        splits = _local_splits(spec, text_column_name, what)
+    splits = {name: documents for name, documents in splits.items() if len(documents)}
+    missing = [name for name in REQUIRED_SPLITS if name not in splits]
+    if missing:
+        raise BadInputError(f"{what} {spec!r} has splits {sorted(splits)}, expected at least "
+                            f"{list(REQUIRED_SPLITS)} (missing {missing})")
+    return splits
+
+
+def _own_split(splits: dict, split: str, spec: str, what: str):
+    """The documents of `split` of a source with splits of its own; HELD_OUT is validation, else test."""
+    names = ("validation", "test") if split == HELD_OUT else (split,)
+    name = next((n for n in names if n in splits), None)
+    if name is None:
+        raise BadInputError(f"{what} {spec!r} has no {' or '.join(names)} split; splits: {sorted(splits)}")
+    return splits[name]
+
+
+def _local_split_texts(spec: str, split: str, requested: Optional[str], what: str):
+    """Texts of one split of the offline default, a saved dataset or text files, in document order."""
+    if spec == "default":
+        return [text for name, text in stdlib_documents() if in_split(name, split)]
+    if _is_saved_dataset(spec):
+        from datasets import DatasetDict, load_from_disk
+        dataset = load_from_disk(spec)
+        if isinstance(dataset, DatasetDict):
+            return _own_split(_dataset_splits(dataset, requested, spec), split, spec, what)["text"]
+        texts = dataset[text_column(dataset.column_names, requested, spec)]
+        return [text for text in texts if in_split(text, split)]
+    paths = text_file_paths(spec)
+    if not paths:
+        raise _unknown_source_error(spec, what)
+    return [text for name, text in text_file_documents(paths) if in_split(name, split)]
+
+
+def up_to_max_chars(texts, max_chars: Optional[int]) -> list:
+    """The first texts holding `max_chars` characters in all (all of them when None): bounded memory."""
+    kept, n_chars = [], 0
+    for text in texts:
+        if max_chars is not None and n_chars >= max_chars:
+            break
+        kept.append(text)
+        n_chars += len(text)
+    return kept
+
+
+def read_split_texts(spec: str, split: str, text_column_name: Optional[str] = None,
+                     max_chars: Optional[int] = None, what: str = "text source") -> list:
+    """The texts of one split of a source, in order, up to `max_chars` characters (a hub dataset is streamed).
+
+    Args:
+        spec: the source (see the module docstring).
+        split: one of SPLITS, or HELD_OUT for a consumer with one evaluation split.
+        text_column_name: the dataset column to read; None: the first of TEXT_COLUMNS present.
+        max_chars: stop after the text that reaches this many characters; None: read everything.
+        what: how error messages name the source (e.g. 'background source').
+    """
+    _check_split(split)
+    if spec != "default" and not _looks_like_path(spec):
+        texts = _hub_split_texts(spec, split, text_column_name)
+    else:
+        texts = _local_split_texts(spec, split, text_column_name, what)
+    return up_to_max_chars(texts, max_chars)
+
+
+def as_dataset_dict(splits: dict):
+    """A `datasets.DatasetDict` of {split: documents} (lists become one-column 'text' Datasets)."""
+    from datasets import Dataset, DatasetDict
+    return DatasetDict({name: documents if hasattr(documents, "column_names")
+                        else Dataset.from_dict({"text": list(documents)}) for name, documents in splits.items()})
