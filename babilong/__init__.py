@@ -1,4 +1,7 @@
-"""BABILong data: task facts hidden in long background text, with an exact token length (SPEC §5, §8)."""
+"""BABILong data: task facts hidden in long background text, with an exact token length.
+
+See docs/design.md, "BABILong data" and "Background text and the offline default".
+"""
 from .background import BackgroundCorpus, background_sentences, load_background, split_sentences, tokenize_sentences
 from .dataset import (BABILongDataset, BuiltSample, build_sample, decoder_collate, encoder_collate,
                       pad_sequences, place_facts)

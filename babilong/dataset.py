@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_TYPES = ("encoder", "decoder")
 DEFAULT_NUM_SAMPLES = 10_000  # generated tasks have no natural size
-DEFAULT_SEGMENT_SIZE = 499  # BERT input 512 - 10 memory tokens - 3 special tokens (SPEC §4)
+# BERT input 512 - 10 memory tokens - 3 special tokens (docs/design.md, "Segments and their layout")
+DEFAULT_SEGMENT_SIZE = 499
 GEN_TEXT = "GEN"
 LABEL_PAD_ID = -100
 

@@ -1,4 +1,4 @@
-"""CPU benchmarks of the encoder memory wrapper on a MiniLM-size backbone (issue 3, SPEC §4).
+"""CPU benchmarks of the encoder memory wrapper on a MiniLM-size backbone (issue 3).
 
 - overhead: RMT forward over 16 segments vs 16 bare backbone calls on the same segment tensors (no grad);
 - memory: peak RSS of no-grad inference at 8 ... 256 segments, one subprocess per setting;

@@ -146,9 +146,11 @@ def text_file_documents(paths: list) -> list:
     return documents
 
 
-def text_files_by_split(paths_by_split: dict) -> dict:
+def text_files_by_split(paths_by_split: dict, what: str = "text files") -> dict:
     """{split: [texts]} from files listed per split, one document per file (no hashing: the user chose)."""
-    return {split: [read_text_file(path) for path in paths] for split, paths in paths_by_split.items() if paths}
+    splits = {split: [read_text_file(path) for path in paths] for split, paths in paths_by_split.items() if paths}
+    listed = [str(path) for paths in paths_by_split.values() for path in paths or ()]
+    return checked_splits(splits, listed, what)
 
 
 # ---- datasets: saved folders and the hub ----------------------------------------------------------------------
@@ -175,8 +177,9 @@ def _dataset_splits(dataset, requested: Optional[str], source: str) -> dict:
 
 
 def _hub_error(spec: str, error: Exception) -> BadInputError:
+    reason = " ".join(str(error).split())
     return BadInputError(f"text source {spec!r} could not be loaded from the Hugging Face hub "
-                         f"({type(error).__name__}: {' '.join(str(error).split())}); accepted kinds: {'; '.join(SOURCE_KINDS)}")
+                         f"({type(error).__name__}: {reason}); accepted kinds: {'; '.join(SOURCE_KINDS)}")
 
 
 def _load_from_hub(spec: str, **kwargs):
@@ -212,35 +215,45 @@ def _unknown_source_error(spec: str, what: str) -> BadInputError:
     return BadInputError(f"{what} {spec!r} not found; accepted kinds: {'; '.join(SOURCE_KINDS)}")
 
 
-def _local_splits(spec: str, requested: Optional[str], what: str) -> dict:
-    """{split: documents} of the offline default, a saved dataset or text files."""
-    if spec == "default":
-        return split_documents(stdlib_documents())
-    if _is_saved_dataset(spec):
-        from datasets import load_from_disk
-        return _dataset_splits(load_from_disk(spec), requested, spec)
-    paths = text_file_paths(spec)
-    if not paths:
-        raise _unknown_source_error(spec, what)
-    return split_documents(text_file_documents(paths))
+def saved_dataset_splits(path, text_column_name: Optional[str] = None, what: str = "text source") -> dict:
+    """Every split of a `save_to_disk` folder (a single Dataset is split by text hash), checked."""
+    if not os.path.isdir(path):
+        raise BadInputError(f"{what} {str(path)!r} is not a folder; expected a `save_to_disk` folder")
+    from datasets import load_from_disk
+    return checked_splits(_dataset_splits(load_from_disk(str(path)), text_column_name, str(path)), path, what)
 
 
-def load_splits(spec: str, text_column_name: Optional[str] = None, what: str = "text source") -> dict:
-    """Every split of a source: {split: documents} with at least train and validation.
+def hub_splits(spec: str, text_column_name: Optional[str] = None) -> dict:
+    """Every split of hub dataset 'name[:config]', downloaded whole (not streamed), checked."""
+    return checked_splits(_dataset_splits(_load_from_hub(spec), text_column_name, spec), spec, "hub dataset")
 
-    Documents are a list of texts, or a `datasets.Dataset` with one 'text' column for a dataset with splits of
-    its own (kept memory-mapped). A hub dataset is downloaded whole (not streamed). Empty splits are left out.
-    """
-    if spec != "default" and not _looks_like_path(spec):
-        splits = _dataset_splits(_load_from_hub(spec), text_column_name, spec)
-    else:
-        splits = _local_splits(spec, text_column_name, what)
+
+def checked_splits(splits: dict, source, what: str) -> dict:
+    """The non-empty splits, which must include REQUIRED_SPLITS; bad input otherwise."""
     splits = {name: documents for name, documents in splits.items() if len(documents)}
     missing = [name for name in REQUIRED_SPLITS if name not in splits]
     if missing:
-        raise BadInputError(f"{what} {spec!r} has splits {sorted(splits)}, expected at least "
+        raise BadInputError(f"{what} {source!r} has splits {sorted(splits)}, expected at least "
                             f"{list(REQUIRED_SPLITS)} (missing {missing})")
     return splits
+
+
+def load_splits(spec: str, text_column_name: Optional[str] = None, what: str = "text source") -> dict:
+    """Every split of the source a string names: {split: documents} with at least train and validation.
+
+    Documents are a list of texts, or a `datasets.Dataset` with one 'text' column for a dataset with splits of
+    its own (kept memory-mapped). Empty splits are left out.
+    """
+    if spec == "default":
+        return checked_splits(split_documents(stdlib_documents()), spec, what)
+    if not _looks_like_path(spec):
+        return hub_splits(spec, text_column_name)
+    if _is_saved_dataset(spec):
+        return saved_dataset_splits(spec, text_column_name, what)
+    paths = text_file_paths(spec)
+    if not paths:
+        raise _unknown_source_error(spec, what)
+    return checked_splits(split_documents(text_file_documents(paths)), spec, what)
 
 
 def _own_split(splits: dict, split: str, spec: str, what: str):

@@ -82,7 +82,9 @@ def test_text_files_listed_per_split_are_one_document_each(tmp_path):
     assert splits == {"train": ["document a", "document b"], "validation": ["document c"]}
     assert as_dataset_dict(splits)["validation"]["text"] == ["document c"]
     with pytest.raises(BadInputError, match="nope.txt' not found"):
-        text_files_by_split({"train": [tmp_path / "nope.txt"]})
+        text_files_by_split({"train": [tmp_path / "nope.txt"], "validation": [tmp_path / "c.txt"]})
+    with pytest.raises(BadInputError, match=re.escape("missing ['validation']")):
+        text_files_by_split({"train": [tmp_path / "a.txt"], "validation": []})
 
 
 # ---- datasets: saved folders and the hub ----------------------------------------------------------------------
