@@ -166,14 +166,13 @@ def _one_column(dataset, requested: Optional[str], source: str):
     return dataset if column == "text" else dataset.rename_column(column, "text")
 
 
-def _dataset_splits(dataset, requested: Optional[str], source: str) -> dict:
-    """{split: one-column Dataset} of a DatasetDict, or {split: [texts]} of a single Dataset split by text hash."""
+def _dataset_documents(dataset, requested: Optional[str], source: str):
+    """{split: one-column Dataset} of a DatasetDict (its own splits), or [(text, text)] of a single Dataset."""
     from datasets import DatasetDict
     if isinstance(dataset, DatasetDict):
         return {SPLIT_ALIASES.get(name, name): _one_column(split, requested, source)
                 for name, split in dataset.items()}
-    texts = dataset[text_column(dataset.column_names, requested, source)]
-    return split_documents((text, text) for text in texts)
+    return [(text, text) for text in dataset[text_column(dataset.column_names, requested, source)]]
 
 
 def _hub_error(spec: str, error: Exception) -> BadInputError:
@@ -211,8 +210,36 @@ def _looks_like_path(spec: str) -> bool:
             or spec.endswith((".txt", os.sep)) or not HUB_NAME.match(spec))
 
 
-def _unknown_source_error(spec: str, what: str) -> BadInputError:
-    return BadInputError(f"{what} {spec!r} not found; accepted kinds: {'; '.join(SOURCE_KINDS)}")
+def _is_hub_name(spec: str) -> bool:
+    return spec != "default" and not _looks_like_path(spec)
+
+
+def _local_documents(spec: str, requested: Optional[str], what: str):
+    """A local source's documents: {split: documents} when it has splits of its own, else [(name, text)]."""
+    if spec == "default":
+        return stdlib_documents()
+    if _is_saved_dataset(spec):
+        from datasets import load_from_disk
+        return _dataset_documents(load_from_disk(spec), requested, spec)
+    paths = text_file_paths(spec)
+    if not paths:
+        raise BadInputError(f"{what} {spec!r} not found; accepted kinds: {'; '.join(SOURCE_KINDS)}")
+    return text_file_documents(paths)
+
+
+def checked_splits(documents, source, what: str) -> dict:
+    """{split: documents} of a source's own splits or of its named documents split by hash, non-empty, checked.
+
+    Raises:
+        BadInputError: when train or validation is missing or empty.
+    """
+    splits = documents if isinstance(documents, dict) else split_documents(documents)
+    splits = {name: split for name, split in splits.items() if len(split)}
+    missing = [name for name in REQUIRED_SPLITS if name not in splits]
+    if missing:
+        raise BadInputError(f"{what} {source!r} has splits {sorted(splits)}, expected at least "
+                            f"{list(REQUIRED_SPLITS)} (missing {missing})")
+    return splits
 
 
 def saved_dataset_splits(path, text_column_name: Optional[str] = None, what: str = "text source") -> dict:
@@ -220,22 +247,12 @@ def saved_dataset_splits(path, text_column_name: Optional[str] = None, what: str
     if not os.path.isdir(path):
         raise BadInputError(f"{what} {str(path)!r} is not a folder; expected a `save_to_disk` folder")
     from datasets import load_from_disk
-    return checked_splits(_dataset_splits(load_from_disk(str(path)), text_column_name, str(path)), path, what)
+    return checked_splits(_dataset_documents(load_from_disk(str(path)), text_column_name, str(path)), path, what)
 
 
 def hub_splits(spec: str, text_column_name: Optional[str] = None) -> dict:
     """Every split of hub dataset 'name[:config]', downloaded whole (not streamed), checked."""
-    return checked_splits(_dataset_splits(_load_from_hub(spec), text_column_name, spec), spec, "hub dataset")
-
-
-def checked_splits(splits: dict, source, what: str) -> dict:
-    """The non-empty splits, which must include REQUIRED_SPLITS; bad input otherwise."""
-    splits = {name: documents for name, documents in splits.items() if len(documents)}
-    missing = [name for name in REQUIRED_SPLITS if name not in splits]
-    if missing:
-        raise BadInputError(f"{what} {source!r} has splits {sorted(splits)}, expected at least "
-                            f"{list(REQUIRED_SPLITS)} (missing {missing})")
-    return splits
+    return checked_splits(_dataset_documents(_load_from_hub(spec), text_column_name, spec), spec, "hub dataset")
 
 
 def load_splits(spec: str, text_column_name: Optional[str] = None, what: str = "text source") -> dict:
@@ -244,42 +261,20 @@ def load_splits(spec: str, text_column_name: Optional[str] = None, what: str = "
     Documents are a list of texts, or a `datasets.Dataset` with one 'text' column for a dataset with splits of
     its own (kept memory-mapped). Empty splits are left out.
     """
-    if spec == "default":
-        return checked_splits(split_documents(stdlib_documents()), spec, what)
-    if not _looks_like_path(spec):
+    if _is_hub_name(spec):
         return hub_splits(spec, text_column_name)
-    if _is_saved_dataset(spec):
-        return saved_dataset_splits(spec, text_column_name, what)
-    paths = text_file_paths(spec)
-    if not paths:
-        raise _unknown_source_error(spec, what)
-    return checked_splits(split_documents(text_file_documents(paths)), spec, what)
+    return checked_splits(_local_documents(spec, text_column_name, what), spec, what)
 
 
-def _own_split(splits: dict, split: str, spec: str, what: str):
-    """The documents of `split` of a source with splits of its own; HELD_OUT is validation, else test."""
-    names = ("validation", "test") if split == HELD_OUT else (split,)
-    name = next((n for n in names if n in splits), None)
+def _split_texts(documents, split: str, spec: str, what: str):
+    """Texts of `split` of a local source's documents, in document order (see `_local_documents`)."""
+    if not isinstance(documents, dict):
+        return [text for name, text in documents if in_split(name, split)]
+    names = ("validation", "test") if split == HELD_OUT else (split,)  # HELD_OUT: validation, else test
+    name = next((n for n in names if n in documents), None)
     if name is None:
-        raise BadInputError(f"{what} {spec!r} has no {' or '.join(names)} split; splits: {sorted(splits)}")
-    return splits[name]
-
-
-def _local_split_texts(spec: str, split: str, requested: Optional[str], what: str):
-    """Texts of one split of the offline default, a saved dataset or text files, in document order."""
-    if spec == "default":
-        return [text for name, text in stdlib_documents() if in_split(name, split)]
-    if _is_saved_dataset(spec):
-        from datasets import DatasetDict, load_from_disk
-        dataset = load_from_disk(spec)
-        if isinstance(dataset, DatasetDict):
-            return _own_split(_dataset_splits(dataset, requested, spec), split, spec, what)["text"]
-        texts = dataset[text_column(dataset.column_names, requested, spec)]
-        return [text for text in texts if in_split(text, split)]
-    paths = text_file_paths(spec)
-    if not paths:
-        raise _unknown_source_error(spec, what)
-    return [text for name, text in text_file_documents(paths) if in_split(name, split)]
+        raise BadInputError(f"{what} {spec!r} has no {' or '.join(names)} split; splits: {sorted(documents)}")
+    return documents[name]["text"]
 
 
 def up_to_max_chars(texts, max_chars: Optional[int]) -> list:
@@ -305,10 +300,10 @@ def read_split_texts(spec: str, split: str, text_column_name: Optional[str] = No
         what: how error messages name the source (e.g. 'background source').
     """
     _check_split(split)
-    if spec != "default" and not _looks_like_path(spec):
+    if _is_hub_name(spec):
         texts = _hub_split_texts(spec, split, text_column_name)
     else:
-        texts = _local_split_texts(spec, split, text_column_name, what)
+        texts = _split_texts(_local_documents(spec, text_column_name, what), split, spec, what)
     return up_to_max_chars(texts, max_chars)
 
 

@@ -9,8 +9,8 @@ from datasets import Dataset, DatasetDict
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.offline_model import ensure_pad_and_eos, eos_token_id, load_tokenizer, small_gpt2_config
 from lm_experiments_tools.text_sources import (HELD_OUT, SPLITS, as_dataset_dict, document_split, load_splits,
-                                               python_source_documents, read_split_texts, split_documents,
-                                               stdlib_documents, text_files_by_split)
+                                               python_source_documents, read_split_texts, saved_dataset_splits,
+                                               split_documents, stdlib_documents, text_files_by_split)
 
 
 def _names_by_split(named_texts):
@@ -98,9 +98,13 @@ def test_saved_dataset_keeps_its_splits_and_reads_one_text_column(tmp_path):
     assert read_split_texts(str(tmp_path / "ok"), HELD_OUT) == ["y"]
     with pytest.raises(BadInputError, match=re.escape("expected the column 'body'")):
         load_splits(str(tmp_path / "ok"), "body")
+    DatasetDict({"train": train, "test": train.select([0])}).save_to_disk(tmp_path / "with_test")
+    assert read_split_texts(str(tmp_path / "with_test"), HELD_OUT) == ["x"]  # no validation split: test
     DatasetDict({"train": train}).save_to_disk(tmp_path / "only_train")
     with pytest.raises(BadInputError, match=re.escape("missing ['validation']")):
         load_splits(str(tmp_path / "only_train"))
+    with pytest.raises(BadInputError, match="has no validation or test split"):
+        read_split_texts(str(tmp_path / "only_train"), HELD_OUT)
 
 
 def test_single_saved_dataset_is_split_by_text_hash(tmp_path):
@@ -131,6 +135,8 @@ def test_hub_dataset_by_name_and_config(monkeypatch):
     (lambda: load_splits("./no/such/folder"), "text source './no/such/folder' not found; accepted kinds"),
     (lambda: read_split_texts("default", "valid"), "split 'valid': expected one of train, validation, test"),
     (lambda: load_splits("/no/such/file.txt", what="background source"), "background source '/no/such/file.txt'"),
+    (lambda: saved_dataset_splits("/no/such/folder", what="dataset_path"),
+     "dataset_path '/no/such/folder' is not a folder"),
 ])
 def test_bad_input_is_one_line_naming_the_value(call, message):
     with pytest.raises(BadInputError) as error:
