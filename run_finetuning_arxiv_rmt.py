@@ -166,7 +166,8 @@ def build_backbone(args, tokenizer):
     """The causal LM: pretrained, from a config, or the small from-scratch GPT-2 of the offline default."""
     backbone_cls = get_cls_by_name(args.backbone_cls)
     if args.from_pretrained:
-        backbone = backbone_cls.from_pretrained(args.from_pretrained)
+        # float32 even from a half-precision checkpoint: fp16/bf16 training autocasts float32 weights
+        backbone = backbone_cls.from_pretrained(args.from_pretrained).float()
         _check_config_fits(backbone.config, tokenizer, args.input_size)
         return backbone
     config = _load_config(args.model_cfg) if args.model_cfg else default_gpt2_config(tokenizer)

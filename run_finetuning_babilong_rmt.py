@@ -238,8 +238,8 @@ def build_backbone(args: BabilongArgs, tokenizer, n_labels: int):
     backbone_cls = get_cls_by_name(args.backbone_cls or DEFAULT_BACKBONE_CLS[args.model_type])
     pretrained, config = _backbone_source(args)
     label_kwargs = {"num_labels": n_labels} if args.model_type == "encoder" else {}
-    if pretrained:
-        return backbone_cls.from_pretrained(pretrained, **label_kwargs)
+    if pretrained:  # float32 even from a half-precision checkpoint: fp16/bf16 training autocasts float32 weights
+        return backbone_cls.from_pretrained(pretrained, **label_kwargs).float()
     if config is None:  # the decoder's offline default: a small GPT-2 from scratch over the tokenizer's vocabulary
         from arxiv_lm.offline import default_gpt2_config
         config = default_gpt2_config(tokenizer, n_positions=args.input_size)
