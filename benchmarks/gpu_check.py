@@ -2,8 +2,9 @@
 
 Parts (`--parts`, comma-separated, default all; each runs in its own process under its own timeout):
 - tests: `pytest -m cuda` (the CUDA autocast tests), then the test files whose code runs on CUDA when a GPU is
-  there (Trainer, entry scripts), on the GPU. tests/test_trainer_distributed.py is left out: its two ranks need
-  two GPUs, so with one GPU the multi-rank NCCL path stays untested.
+  there (Trainer, entry scripts), on the GPU; then a one-rank NCCL process group and an all_reduce (with NP=1 the
+  repository starts no process group). The two tests that start two ranks are left out: they need two GPUs, so
+  with one GPU the multi-rank NCCL path stays untested.
 - train: the real launcher (`NP=1 scripts/babilong/finetune_babilong_rmt.sh`), memorize task, input 512, 10 memory
   tokens, a 1 -> 2 segment curriculum, once with --fp16 and once with --bf16, then the 2-segment stage resumed
   (--resume) for more steps. Per precision: train loss at each logged step, whether it falls, non-finite steps
@@ -28,6 +29,7 @@ import inspect
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -44,7 +46,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = REPO_ROOT / "scripts" / "babilong" / "finetune_babilong_rmt.sh"
 DEFAULT_ASSETS = REPO_ROOT / "runs" / "gpu_check_assets"
 BACKBONE_FOLDER = "minilm-fp16"  # under the assets folder: config, fp16 weights and tokenizer
-PART_TIMEOUT_S = {"tests": 80, "train": 120, "infer_memory": 35, "overhead": 20, "train_step": 20,
+PART_TIMEOUT_S = {"tests": 70, "train": 130, "infer_memory": 35, "overhead": 20, "train_step": 20,
                   "bptt_memory": 20}  # 295 s in all: the whole check fits 5 minutes even when every part times out
 PARTS = tuple(PART_TIMEOUT_S)
 DRY_RUN_TIMEOUT_FACTOR = 6  # the timeouts are sized for a GPU machine; a dry run is mostly imports on a slow CPU
@@ -168,6 +170,14 @@ def bare_segments(wrapper, input_ids):
     return [torch.cat([prefix, chunk, closing], dim=1) for chunk in input_ids.split(wrapper.segment_size, dim=1)]
 
 
+def rmt_and_bare_calls(wrapper, input_ids) -> tuple:
+    """Two functions: the RMT forward over input_ids, and bare backbone calls on the segments it feeds its backbone."""
+    segments = bare_segments(wrapper, input_ids)
+    mask = torch.ones_like(segments[0])
+    return (lambda: wrapper(input_ids),
+            lambda: [wrapper.model(input_ids=segment, attention_mask=mask) for segment in segments])
+
+
 def timed(function, device) -> float:
     synchronize(device)
     start = time.perf_counter()
@@ -210,16 +220,7 @@ def part_overhead(sizes: Sizes, device) -> None:
     wrapper = build_wrapper(sizes, n_segments, device).eval()
     for batch_size in sizes.overhead_batches:
         input_ids, _ = random_batch(wrapper, n_segments, batch_size, device)
-        segments = bare_segments(wrapper, input_ids)
-        mask = torch.ones_like(segments[0])
-
-        def rmt():
-            wrapper(input_ids)
-
-        def bare():
-            for segment in segments:
-                wrapper.model(input_ids=segment, attention_mask=mask)
-
+        rmt, bare = rmt_and_bare_calls(wrapper, input_ids)
         times = {"rmt": [], "bare": []}
         with torch.no_grad(), autocast(device):
             rmt(), bare()  # warm-up
@@ -341,13 +342,38 @@ def run_pytest(selection: list, name: str, out_dir: Path, dry_run: bool, timeout
     return {**figures, **junit_figures(report)} if report.is_file() else figures
 
 
-def part_tests(out_dir: Path, dry_run: bool, deadline: float) -> None:
+def single_rank_all_reduce(device) -> dict:
+    """Initialise a one-rank process group (NCCL on CUDA, gloo on the CPU) and all-reduce a tensor.
+
+    With NP=1 the repository starts no process group at all, so this is the only NCCL the check can run."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as probe:  # a free port for the group's store
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                            **({"device_id": device} if device.type == "cuda" else {}))
+    try:
+        tensor = torch.arange(4.0, device=device)
+        dist.all_reduce(tensor)
+        dist.barrier()
+        ok = tensor.tolist() == [0.0, 1.0, 2.0, 3.0]
+    finally:
+        dist.destroy_process_group()
+    return {"figure": "one-rank process group, all_reduce", "backend": backend, "ok": ok}
+
+
+def part_tests(out_dir: Path, dry_run: bool, deadline: float, device) -> None:
     """The cuda-marked tests, then the fast and the slow tests that use CUDA when they can, until the deadline."""
     selections = {"cuda_marker": ["-m", "cuda", "tests"],
                   "cuda_capable": ["-m", "not cuda and not slow", *TWO_RANK_TESTS_DESELECTED, *CUDA_CAPABLE_TESTS],
                   "cuda_capable_slow": ["-m", "slow and not cuda", *TWO_RANK_TESTS_DESELECTED, *CUDA_CAPABLE_TESTS]}
     for name, selection in selections.items():
         emit("tests", **run_pytest(selection, name, out_dir, dry_run, timeout=deadline - time.monotonic()))
+    emit("tests", **single_rank_all_reduce(device))
     emit("tests", left_out=["tests/test_trainer_distributed.py", *TWO_RANK_TESTS_DESELECTED[1::2]],
          reason="two ranks need two GPUs: with one GPU the multi-rank NCCL path stays untested")
 
@@ -366,6 +392,8 @@ def launcher_env(sizes: Sizes, assets: Path, runs_dir: Path, segments: str, iter
 
 def run_launcher(env: dict, flags: list, log: Path) -> str:
     """Run the launcher; its combined output is written to `log` and returned. RuntimeError if it fails."""
+    if shutil.which("torchrun", path=env["PATH"]) is None:
+        raise RuntimeError(f"the launcher needs torchrun, which is not on PATH ({env['PATH']})")
     completed = subprocess.run(["bash", str(LAUNCHER), *flags], env=env, capture_output=True, text=True)
     output = completed.stdout + completed.stderr
     log.write_text(output)
@@ -404,7 +432,7 @@ def resume_figures(output: str, resumed_to: int) -> dict:
 
 def train_with_precision(sizes: Sizes, assets: Path, precision: str, out_dir: Path) -> None:
     flags = [f"--{precision}", "--log_interval", str(sizes.train_log_interval),
-             "--save_interval", sizes.train_env["VALID_INTERVAL"]]
+             "--save_interval", sizes.train_env["ITERS"]]  # one resumable checkpoint per stage: fewer writes
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"gpu_check_{precision}_") as runs_dir:
         runs_dir = Path(runs_dir)  # checkpoints stay out of out_dir: only logs and figures travel back
@@ -485,7 +513,7 @@ def run_part(args) -> None:
     sizes, device = DRY_RUN if args.dry_run else Sizes(), torch.device(args.device)
     if args.part == "tests":
         deadline = time.monotonic() + args.timeouts["tests"] - TESTS_MARGIN_S
-        part_tests(args.out_dir, args.dry_run, deadline)
+        part_tests(args.out_dir, args.dry_run, deadline, device)
     elif args.part == "train":
         part_train(sizes, args.out_dir, args.assets, args.precisions)
     else:
