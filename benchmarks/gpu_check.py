@@ -325,6 +325,7 @@ def junit_figures(report: Path) -> dict:
 def run_pytest(selection: list, name: str, out_dir: Path, dry_run: bool, timeout: float) -> dict:
     """Run pytest on a selection (in a dry run only collect it) within `timeout` seconds; its figures."""
     report = out_dir / f"pytest_{name}.xml"
+    report.unlink(missing_ok=True)  # a report left by an earlier run must not pass for this one's
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--continue-on-collection-errors",
                f"--junitxml={report}", *selection]  # a test file that needs a missing package stops no other
     collect_only = dry_run and name != "cuda_marker"
