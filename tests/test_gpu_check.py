@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-import run_finetuning_babilong_rmt as run_babilong
 from benchmarks import gpu_check
+from lm_experiments_tools import runs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
@@ -34,7 +34,7 @@ def write_tiny_assets(folder: Path) -> Path:
     target = folder / gpu_check.BACKBONE_FOLDER
     torch.manual_seed(0)
     BertModel(BertConfig(**TINY_BERT)).half().save_pretrained(target)  # a backbone without a classifier
-    run_babilong.load_tokenizer(run_babilong.BabilongArgs()).save_pretrained(target)
+    runs.load_tokenizer(None).save_pretrained(target)  # the offline MiniLM tokenizer
     return target
 
 
@@ -66,8 +66,9 @@ def test_pytest_report_counts_missing_packages_apart(tmp_path):
 
 def test_half_precision_checkpoint_loads_in_float32(tmp_path):
     folder = write_tiny_assets(tmp_path)
-    args = run_babilong.BabilongArgs(from_pretrained=str(folder))
-    backbone = run_babilong.build_backbone(args, AutoTokenizer.from_pretrained(folder), n_labels=3)
+    tokenizer, input_size = AutoTokenizer.from_pretrained(folder), TINY_BERT["max_position_embeddings"]
+    backbone = runs.build_backbone("transformers:AutoModelForSequenceClassification", tokenizer,
+                                   input_size=input_size, pretrained=str(folder), num_labels=3)
     assert {parameter.dtype for parameter in backbone.parameters()} == {torch.float32}
     assert backbone.config.num_labels == 3
 
