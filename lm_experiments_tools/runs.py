@@ -176,8 +176,8 @@ def build_backbone(backbone_cls: str, tokenizer, *, input_size: int, pretrained=
         overrides: config fields set either way (e.g. num_labels).
     """
     cls = get_cls_by_name(backbone_cls)
-    if pretrained:
-        backbone = cls.from_pretrained(pretrained, **overrides)
+    if pretrained:  # float32 even from a half-precision checkpoint: fp16/bf16 training autocasts float32 weights
+        backbone = cls.from_pretrained(pretrained, **overrides).float()
         check_config_fits(backbone.config, tokenizer, input_size)
         return backbone
     for name, value in overrides.items():
