@@ -38,6 +38,7 @@ import torch
 
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
+from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer
 from lm_experiments_tools.runs import LOG_FORMAT, exit_on_bad_input, load_run_weights
 from lm_experiments_tools.utils import CONFIG_FILE
 
@@ -236,7 +237,7 @@ def load_run(run_dir: str):
     saved = json.loads(config_file.read_text()).get("args", {})
     names = {f.name for f in fields(babilong_run.BabilongArgs)}
     args = babilong_run.BabilongArgs(**{k: v for k, v in saved.items() if k in names})
-    tokenizer = babilong_run.babilong_tokenizer(args)
+    tokenizer = load_tokenizer(args.tokenizer or args.from_pretrained)  # as the entry script loads it
     labels = get_task(args.task, args.babi_path, args.max_n_facts).labels
     model = babilong_run.build_model(args, tokenizer, len(labels))
     load_run_weights(model, run_dir)
@@ -263,7 +264,7 @@ def encoder_answer(model, tokenizer, labels) -> Callable:
 
 def decoder_answer(model, tokenizer, max_new_tokens: int) -> Callable:
     """Answers of a decoder: greedy generation after input + question + GEN, decoded."""
-    eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    eos_id = eos_token_id(tokenizer)
 
     def answer(inputs, questions):
         ids = [prompt_ids(tokenizer, text, question, GEN_TEXT) for text, question in zip(inputs, questions)]
