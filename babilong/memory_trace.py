@@ -2,6 +2,7 @@
 
     python -m babilong.memory_trace RUN_DIR [RUN_DIR ...] [--n_segments 1755] [--n_samples 16] \
         [-o memory_trace.png] [--json memory_trace.json]
+    python -m babilong.memory_trace TRACES.json [TRACES.json ...] -o memory_trace.png  # redraw saved traces
 
 Each RUN_DIR holds model_best.pth and config.json (a run of run_finetuning_babilong_rmt.py); its validation
 samples are built at --n_segments segments with the settings it was trained with, and go through the segments
@@ -13,7 +14,8 @@ two curves are kept:
 - answer separation: the mean distance between the memory states of samples with different answers divided by
   the mean distance between samples with the same answer. Above 1 the memory still tells the answers apart;
   a curve that sinks towards 1 is a memory forgetting the fact.
-The curves are plotted for every RUN_DIR on one figure (log-scaled segment axis) and written as JSON.
+The curves are plotted for every RUN_DIR on one figure (log-scaled segment axis) and written as JSON; JSON files
+given in place of run folders are drawn again without evaluating anything.
 """
 import argparse
 import json
@@ -101,6 +103,16 @@ def trace_run(run_dir: Path, n_segments: int, n_samples: int) -> dict:
             "n_samples": len(batch["labels"]), "accuracy": accuracy, **recorder.curves}
 
 
+def load_traces(source: Path, n_segments: int, n_samples: int) -> list:
+    """The traces of a run folder (evaluated now) or of a JSON file written by --json."""
+    if source.suffix == ".json":
+        return json.loads(source.read_text())
+    if not (source / CONFIG_FILE).is_file():
+        raise ValueError(f"{source}: no {CONFIG_FILE}: expected a run folder of run_finetuning_babilong_rmt.py or a "
+                         "traces .json file")
+    return [trace_run(source, n_segments, n_samples)]
+
+
 def plot_traces(traces: list, output) -> Path:
     """Both curves of every trace on one figure (two panels), segments on a log axis."""
     import matplotlib  # imported here: only plotting needs it
@@ -132,7 +144,8 @@ def plot_traces(traces: list, output) -> Path:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders with model_best.pth and config.json")
+    parser.add_argument("run_dirs", nargs="+", type=Path,
+                        help="run folders with model_best.pth and config.json, or traces .json files to redraw")
     parser.add_argument("--n_segments", type=int, default=1755, help="segments per sample (default: 1755)")
     parser.add_argument("--n_samples", type=int, default=16, help="samples traced together (default: 16)")
     parser.add_argument("-o", "--output", type=Path, default=Path(DEFAULT_OUTPUT),
@@ -147,10 +160,7 @@ def main(argv=None) -> int:
     try:
         if args.n_segments < 2 or args.n_samples < 2:
             raise ValueError(f"--n_segments {args.n_segments} --n_samples {args.n_samples}: expected at least 2 each")
-        for run_dir in args.run_dirs:
-            if not (run_dir / CONFIG_FILE).is_file():
-                raise ValueError(f"{run_dir}: no {CONFIG_FILE}: expected a run folder of run_finetuning_babilong_rmt.py")
-        traces = [trace_run(run_dir, args.n_segments, args.n_samples) for run_dir in args.run_dirs]
+        traces = [trace for source in args.run_dirs for trace in load_traces(source, args.n_segments, args.n_samples)]
     except (ValueError, OSError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2

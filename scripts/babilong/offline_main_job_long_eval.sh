@@ -9,18 +9,19 @@ SCRIPT_DIR="$(realpath "$(dirname "${BASH_SOURCE[0]}")")"
 REPO_ROOT="$(realpath "$SCRIPT_DIR/../..")"
 
 RUNS_DIR=${RUNS_DIR:-$REPO_ROOT/runs/offline_main_job}
+TASK=${TASK:-memorize}
 LONG_SEGMENTS=${LONG_SEGMENTS:-6}              # the main job's last stage
 LENGTHS=${LENGTHS:-1755:32 17544:16}           # segments:samples, evaluated in turn
 EVAL_BS=${EVAL_BS:-16}
 SEED=${SEED:-42}
 
-RUNS=("$RUNS_DIR"/memorize/minilm-offline/encoder_in*_seg"${LONG_SEGMENTS}"_*/run_1)
+RUNS=("$RUNS_DIR/$TASK"/minilm-offline/encoder_in*_seg"${LONG_SEGMENTS}"_*/run_1)
 MODEL_CPT=${MODEL_CPT:-${RUNS[-1]}}
 [[ -f $MODEL_CPT/model_best.pth ]] || {
     echo "error: MODEL_CPT=$MODEL_CPT has no model_best.pth: expected bash scripts/babilong/offline_main_job.sh to have run" >&2
     exit 2; }
 for length in $LENGTHS; do
-    MODEL_CPT="$MODEL_CPT" MODEL_NAME="" NOISE_DATASET=default INPUT_SIZE=${INPUT_SIZE:-64} MEMORY_SIZE=${MEMORY_SIZE:-4} \
+    TASK="$TASK" MODEL_CPT="$MODEL_CPT" MODEL_NAME="" NOISE_DATASET=default INPUT_SIZE=${INPUT_SIZE:-64} MEMORY_SIZE=${MEMORY_SIZE:-4} \
         SEGMENTS="${length%%:*}" NUM_VALID_SAMPLES="${length##*:}" BS="$EVAL_BS" SEED="$SEED" \
         "$SCRIPT_DIR/eval_babilong_rmt_from_cpt.sh" "$@"
 done
