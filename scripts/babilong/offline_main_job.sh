@@ -15,6 +15,7 @@ SCRIPT_DIR="$(realpath "$(dirname "${BASH_SOURCE[0]}")")"
 REPO_ROOT="$(realpath "$SCRIPT_DIR/../..")"
 
 RUNS_DIR=${RUNS_DIR:-$REPO_ROOT/runs/offline_main_job}
+TASK=${TASK:-memorize}                         # memorize; detect_memorize and reasoning: offline_paper_figure.sh
 SEGMENTS=${SEGMENTS:-1 2 3}                    # curriculum, best = exact match
 ITERS=${ITERS:-150}                            # optimizer steps per stage (early stopping usually ends sooner)
 LR=${LR:-1e-4}
@@ -32,7 +33,7 @@ EVAL_NUM_VALID_SAMPLES=${EVAL_NUM_VALID_SAMPLES:-128}
 EVAL_BS=${EVAL_BS:-16}
 SEED=${SEED:-42}
 export MODEL_NAME="" NOISE_DATASET=default INPUT_SIZE=${INPUT_SIZE:-64} MEMORY_SIZE=${MEMORY_SIZE:-4} \
-    TBS=${TBS:-16} BS=${BS:-16} SEED RUNS_DIR TASK=memorize
+    TBS=${TBS:-16} BS=${BS:-16} SEED RUNS_DIR TASK
 
 run_dir() {  # the run folder finetune_babilong_rmt.sh writes for segment count $1 and learning rate $2
     echo "$RUNS_DIR/$TASK/minilm-offline/encoder_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg$1_tbs${TBS}_lr$2/run_1"
