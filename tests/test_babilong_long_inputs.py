@@ -106,6 +106,8 @@ def test_memory_trace_runs_on_a_tiny_model(tiny_run, tmp_path):
     assert len(trace["step_change"]) == len(trace["answer_separation"]) == 30
     assert math.isnan(trace["step_change"][0]) and all(value > 0 for value in trace["step_change"][1:])
     assert trace["n_samples"] == 6 and 0 <= trace["accuracy"] <= 100
+    redrawn = tmp_path / "redrawn.png"
+    assert memory_trace.main([str(curves), "-o", str(redrawn)]) == 0 and redrawn.stat().st_size > 0
 
 
 def test_memory_trace_bad_input_exits_2(tmp_path, capsys):
