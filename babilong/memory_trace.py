@@ -27,6 +27,8 @@ import torch
 
 from lm_experiments_tools.utils import CONFIG_FILE
 
+from .plot import save_figure
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = "memory_trace.png"
@@ -135,11 +137,7 @@ def plot_traces(traces: list, output) -> Path:
     for axes in (top, bottom):
         axes.grid(alpha=0.3)
     top.legend(fontsize=7)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(output, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return output
+    return save_figure(figure, output)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
