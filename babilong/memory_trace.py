@@ -91,7 +91,7 @@ def trace_run(run_dir: Path, n_segments: int, n_samples: int) -> dict:
     if experiment.args.model_type != "encoder":
         raise ValueError(f"{run_dir}: model_type {experiment.args.model_type!r}: expected an encoder checkpoint")
     model = experiment.model.eval()
-    _, loader = experiment.loaders(stages[0], training=False)
+    loader = experiment.valid_batches(stages[0])
     batch = next(iter(loader))
     recorder = MemoryRecorder(experiment.args.num_mem_tokens, batch["labels"])
     handle = model.model.register_forward_hook(recorder)

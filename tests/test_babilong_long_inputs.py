@@ -48,7 +48,7 @@ def predictions(tiny_bert: str, batch_size: int, n_samples: int) -> tuple:
         "--max_n_segments", str(LONG_N_SEGMENTS), "--batch_size", str(batch_size),
         "--num_valid_samples", str(n_samples)])
     model = experiment.model.eval()
-    _, loader = experiment.loaders(stages[0], training=False)
+    loader = experiment.valid_batches(stages[0])
     logits, labels = [], []
     with torch.no_grad():
         for batch in loader:
