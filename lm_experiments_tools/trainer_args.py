@@ -59,6 +59,9 @@ class TrainerArgs:
     resume: bool = _help(
         False, "Continue from the newest checkpoint in model_path (exactly: data position and random states "
                "included); starts from scratch (or init_checkpoint) if model_path has none")
+    overwrite: bool = _help(
+        False, "Start over in a model_path that holds a run, deleting its checkpoints, events and results (the "
+               "entry scripts refuse such a folder without resume or overwrite; see lm_experiments_tools.run_folder)")
     lr: float | None = _help(
         None, "Learning rate set on every optimizer param group; None keeps the optimizer's own")
     batch_size: int = _help(
@@ -122,6 +125,9 @@ class TrainerArgs:
                                     f"expected at most one lr schedule")
         if self.resume and self.model_path is None:
             raise BadInputError("resume needs model_path: expected the run folder to resume from")
+        if self.resume and self.overwrite:
+            raise BadInputError("resume and overwrite are both set: expected at most one (continue the run in "
+                                "model_path, or start it over)")
 
     def _validate_numbers(self) -> None:
         """Every numeric option: the right type, finite, in range (before anything is built or written)."""

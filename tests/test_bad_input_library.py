@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import HfArgumentParser
 
 from lm_experiments_tools import NonFiniteWeightsError, TrainerArgs
 from lm_experiments_tools.checkpoint import (BEST_CHECKPOINT_NAME, CheckpointError, CheckpointWriteError,
                                              find_latest_checkpoint, load_checkpoint, save_checkpoint)
 from lm_experiments_tools.errors import BadInputError, RunFailure
-from lm_experiments_tools.run_folder import RunFolderError, prepare_run_folder, run_files
+from lm_experiments_tools.run_folder import (CommandLineError, RunFolderError, exit_with_one_line, prepare_run_folder,
+                                             raise_on_parse_errors, run_files)
 from trainer_scripts.tiny_task import TinyRegressor, build_trainer, flat_parameters
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -232,6 +234,64 @@ def test_a_folder_without_a_run_is_fine(tmp_path, make):
         (folder / "README").write_text("x")
     prepare_run_folder(folder, resume=False, overwrite=False)
     prepare_run_folder(None, resume=False, overwrite=False)
+
+
+# ---- one line per failure -------------------------------------------------------------------------------------
+
+def _disk_full() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/results.jsonl")
+
+
+@pytest.mark.parametrize("error, bad_input, code, line", [
+    (BadInputError("--task 'qa99': expected one of ..."), (BadInputError,), 2, "--task 'qa99': expected one of ..."),
+    (RunFailure("non-finite weights\n at step 3"), (BadInputError,), 1, "non-finite weights at step 3"),
+    (FileNotFoundError(errno.ENOENT, "No such file or directory", "x.txt"), (ValueError, OSError), 2,
+     "[Errno 2] No such file or directory: 'x.txt'"),
+    (_disk_full(), (BadInputError,), 1, "[Errno 28] No space left on device: '/runs/x/results.jsonl'; the last good "
+                                        "checkpoint is {folder}/model_5.pth"),
+    (ZeroDivisionError("division by zero"), (BadInputError,), 1, "ZeroDivisionError: division by zero"),
+], ids=["bad input", "run failure", "setup OSError", "disk full", "bug"])
+def test_every_failure_ends_as_one_line_with_the_traceback_in_the_run_folder(tmp_path, capsys, error, bad_input,
+                                                                            code, line):
+    save_checkpoint(tmp_path / "model_5.pth", {"model_state_dict": {}, "iteration": 5})
+    with pytest.raises(SystemExit) as exit_info:
+        with exit_with_one_line(lambda: str(tmp_path), bad_input=bad_input):
+            raise error
+    assert exit_info.value.code == code
+    stderr = capsys.readouterr().err
+    assert stderr == f"error: {line.format(folder=tmp_path)} (traceback: {tmp_path / 'error.log'})\n"
+    log = (tmp_path / "error.log").read_text()
+    assert "Traceback (most recent call last)" in log and type(error).__name__ in log
+
+
+def test_failure_without_a_run_folder_logs_to_a_temporary_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        with exit_with_one_line(str(tmp_path / "not_created")):
+            raise BadInputError("bad")
+    log = Path(capsys.readouterr().err.split("(traceback: ")[1].rstrip(")\n"))
+    assert log.parent != tmp_path / "not_created" and "BadInputError: bad" in log.read_text()
+    log.unlink()
+    assert not (tmp_path / "not_created").exists()
+
+
+def test_clean_exits_pass_through(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        with exit_with_one_line(str(tmp_path)):
+            raise SystemExit(0)
+    assert exit_info.value.code == 0 and not (tmp_path / "error.log").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
+    (["--iters", "1.5"], "argument --iters: invalid int value: '1.5'"),
+    (["--batch_size"], "argument --batch_size/--batch-size: expected one argument"),
+    (["--lr_scheduler", "linear", "--lr"], "argument --lr: expected one argument"),
+])
+def test_flags_argparse_cannot_parse_raise_one_line(argv, message):
+    parser = raise_on_parse_errors(HfArgumentParser(TrainerArgs))
+    with pytest.raises(CommandLineError) as error:
+        parser.parse_args_into_dataclasses(args=argv)
+    assert str(error.value) == f"{message}: see --help for the flags and their types"
 
 
 # ---- launchers ------------------------------------------------------------------------------------------------
