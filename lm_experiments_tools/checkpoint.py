@@ -110,8 +110,8 @@ def _load_failure_reason(error: Exception) -> str:
                 f"values, never code")
     unsafe_operand = UNSAFE_OPERAND_PATTERN.search(message)
     if unsafe_operand:
-        return (f"refused pickle instruction {unsafe_operand.group(1)}: weights_only=True loads only files that "
-                f"torch.save writes from tensors and plain values")
+        return (f"not a torch.save file of tensors and plain values: weights_only=True refused pickle instruction "
+                f"{unsafe_operand.group(1)}")
     detail = (message.split("WeightsUnpickler error:", 1)[-1].strip().split(". ")[0].splitlines() or [""])[0]
     return f"truncated, corrupted or not written by torch.save: {detail or type(error).__name__}"
 
@@ -206,6 +206,21 @@ def _checkpoints_newest_first(folder: Path) -> list[Path]:
     return [path for *_, path in sorted(candidates, reverse=True)]
 
 
+def _loads(path: Path) -> bool:
+    """Whether `path` loads as a checkpoint; a warning names it and says why when it does not."""
+    try:
+        load_checkpoint(path, mmap=True)  # cheap: the tensors are mapped, not read
+        return True
+    except CheckpointError:
+        pass
+    try:  # a file that cannot be mapped (legacy format, or damaged): a full load tells which, and why
+        load_checkpoint(path)
+        return True
+    except CheckpointError as error:
+        logger.warning(f"skipping damaged checkpoint {path}, trying the next older one: {error}")
+        return False
+
+
 def find_latest_checkpoint(folder, loadable: bool = False) -> Path | None:
     """The most advanced checkpoint in `folder`: model_{N}.pth with the largest N, or model_best.pth if later.
 
@@ -227,12 +242,8 @@ def find_latest_checkpoint(folder, loadable: bool = False) -> Path | None:
     if not loadable:
         return candidates[0] if candidates else None
     for path in candidates:
-        try:
-            load_checkpoint(path, mmap=True)
-        except CheckpointError as error:
-            logger.warning(f"skipping damaged checkpoint {path}, trying the next older one: {error}")
-            continue
-        return path
+        if _loads(path):
+            return path
     if candidates:
         raise CheckpointError(f"none of the checkpoints in {folder} loads ({', '.join(p.name for p in candidates)}; "
                               f"the warnings above say why): expected at least one intact checkpoint to resume from")

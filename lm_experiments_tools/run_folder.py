@@ -8,7 +8,9 @@ Evaluation-only invocations do not call this check: they append to a finished ru
 
 `exit_with_one_line` is what an entry script's `main()` runs inside: any exception becomes one line on stderr
 ("error: <cause> (traceback: <log file>)") and an exit code, 2 for bad input (`BadInputError`, and the types the
-caller names for its setup stage) and 1 for everything else (`RunFailure`, a full disk, bugs).
+caller names for its setup stage) and 1 for everything else (`RunFailure`, a full disk, bugs). The log file is
+error.log in the run folder, or a file in the temporary folder when there is none yet; a `BadInputError` raised
+before the run folder exists (a refused flag) needs no traceback and gets none.
 """
 import contextlib
 import errno
@@ -16,10 +18,13 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+
+import torch.distributed as dist
 
 from .checkpoint import CheckpointError, find_latest_checkpoint
 from .errors import BAD_INPUT_EXIT_CODE, RUN_FAILURE_EXIT_CODE, BadInputError
@@ -51,15 +56,32 @@ def _describe(files: list[Path]) -> str:
     return ", ".join(names[:MAX_NAMES_IN_ERROR]) + more
 
 
-def prepare_run_folder(folder, resume: bool, overwrite: bool, is_main: bool = True) -> None:
+def check_writable(folder: Path) -> None:
+    """Create `folder` and prove a file can be written there, before any training time is spent.
+
+    Raises:
+        BadInputError: the folder cannot be created or written (permissions, a file in the way, read-only disk).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test_{threading.get_native_id()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise BadInputError(f"model_path={str(folder)!r} is not writable ({error.strerror}): expected a folder "
+                            f"this process can create files in") from error
+
+
+def prepare_run_folder(folder, *, resume: bool, overwrite: bool, is_main: bool = True) -> None:
     """Refuse a folder that holds a run unless told what to do with it; with `overwrite`, empty it of that run.
+    The folder is created and checked for writing (on the main process).
 
     Args:
         folder: the run folder (`model_path`); None (nothing written) is always fine.
         resume: continue the run in the folder (or start one if it has none).
         overwrite: delete the previous run's files, then start a new run.
-        is_main: only the main process deletes; the others only check, which reaches the same decision because
-            the decision depends on the flags whenever files are there.
+        is_main: only the main process creates and deletes; under torchrun every process checks, then all wait
+            for each other (a barrier), so that they all see the folder as it was and decide alike.
 
     Raises:
         RunFolderError: the folder holds a run and neither flag is given, or both flags are given.
@@ -67,15 +89,18 @@ def prepare_run_folder(folder, resume: bool, overwrite: bool, is_main: bool = Tr
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite are both given: expected at most one (continue the run "
                              "in model_path, or start it over)")
-    if folder is None or resume:
+    if folder is None:
         return
     files = run_files(folder)
-    if not files:
-        return
-    if not overwrite:
+    if files and not (resume or overwrite):
         raise RunFolderError(f"model_path {folder} already holds a run ({_describe(files)}): expected --resume to "
                              f"continue it, --overwrite to start over (deleting those files) or another model_path")
-    if is_main:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # every process has looked before the main one deletes or writes anything
+    if not is_main:
+        return
+    check_writable(Path(folder))
+    if files and overwrite:
         for path in files:
             path.unlink(missing_ok=True)
         logger.warning(f"--overwrite: deleted {len(files)} files of the previous run in {folder} "
@@ -156,8 +181,10 @@ def exit_with_one_line(run_folder: Callable[[], str | None] | str | None = None,
     except BaseException as error:  # noqa: B036 - every failure must end as one line, whatever its type
         folder = run_folder() if callable(run_folder) else run_folder
         code = BAD_INPUT_EXIT_CODE if isinstance(error, bad_input) else RUN_FAILURE_EXIT_CODE
-        log = write_error_log(folder, error)
+        where = ""
+        # a refused option before any run folder exists is fully told by its message; anything else keeps its trace
+        if (folder is not None and Path(folder).is_dir()) or not isinstance(error, BadInputError):
+            where = f" (traceback: {write_error_log(folder, error)})"
         logging.shutdown()  # flush log handlers, so that nothing is printed after the error line
-        print(f"{_process_label()}error: {describe_failure(error, folder)} (traceback: {log})", file=sys.stderr,
-              flush=True)
+        print(f"{_process_label()}error: {describe_failure(error, folder)}{where}", file=sys.stderr, flush=True)
         sys.exit(code)

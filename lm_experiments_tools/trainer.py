@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 import signal
 import threading
 import time
@@ -34,6 +35,7 @@ from .checkpoint import (BEST_CHECKPOINT_NAME, apply_model_state, find_latest_ch
 from .errors import BadInputError, RunFailure
 from .metrics import MetricsAccumulator, loss_batch_metrics
 from .rng import get_rng_state, set_rng_state, set_seed
+from .run_folder import check_writable
 from .trainer_args import TrainerArgs
 from .utils import init_distributed
 
@@ -48,7 +50,8 @@ class NonFiniteLossError(RunFailure):
 
 
 class NonFiniteWeightsError(RunFailure):
-    """The model holds NaN or infinite weights: its metrics would be meaningless and its checkpoints useless."""
+    """The model holds NaN or infinite weights, or gives a non-finite validation loss: its metrics would be
+    meaningless and its checkpoints useless."""
 
 
 @dataclasses.dataclass
@@ -151,7 +154,7 @@ class Trainer:
             raise BadInputError(f"init_checkpoint={self.args.init_checkpoint!r} does not exist: expected a "
                                 f"checkpoint file")
         if self.args.model_path is not None:
-            _check_writable(Path(self.args.model_path))
+            check_writable(Path(self.args.model_path))
         if self.valid_dataloader is None and (self.args.save_best or self.args.early_stopping_patience):
             logger.warning("save_best / early_stopping_patience have no effect without a valid_dataloader")
 
@@ -426,6 +429,11 @@ class Trainer:
         """
         self._check_finite_weights(f"before {split} validation")
         metrics = self._evaluate(dataloader, split)
+        if not math.isfinite(metrics.get("loss", 0.0)):  # finite but huge weights overflow in the forward pass
+            raise NonFiniteWeightsError(
+                f"non-finite {split} loss ({metrics['loss']}) at step {self.n_iter}: the model's outputs overflow, "
+                f"training diverged (lr {self.optimizer.param_groups[0]['lr']:.3g}) or the loaded weights are bad; "
+                f"nothing recorded")
         if write_tb:
             self._write_scalars(metrics, split)
         shown = " | ".join(f"{name} {value:.4g}" for name, value in metrics.items())
@@ -609,17 +617,3 @@ class Trainer:
         self.nonfinite_streak = checkpoint.get("nonfinite_streak", 0)
         if checkpoint.get("data_position") is not None:
             self._restore_point = (checkpoint["data_position"], checkpoint.get("rng_states"))
-
-
-
-def _check_writable(folder: Path) -> None:
-    """Create `folder` and prove a file can be written there, before any training time is spent."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_test_{threading.get_native_id()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise BadInputError(f"model_path={str(folder)!r} is not writable ({error.strerror}): expected a folder "
-                            f"this process can create files in") from error
-

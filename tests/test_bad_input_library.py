@@ -95,7 +95,7 @@ def test_malicious_checkpoint_is_refused_by_name_and_never_runs(tmp_path, writer
         expected = r"refused to unpickle (posix|nt)\.system"
     else:  # the weights-only unpickler stops at protocol 4's first framing instruction
         path.write_bytes(pickle.dumps(payload, protocol=4))
-        expected = r"refused pickle instruction \d+: weights_only=True"
+        expected = r"not a torch.save file of tensors and plain values: weights_only=True refused pickle instruction"
     with pytest.raises(CheckpointError, match=expected) as error:
         load_checkpoint(path)
     assert "not written by torch.save" not in str(error.value) and str(path) in str(error.value)
@@ -264,13 +264,25 @@ def test_every_failure_ends_as_one_line_with_the_traceback_in_the_run_folder(tmp
     assert "Traceback (most recent call last)" in log and type(error).__name__ in log
 
 
-def test_failure_without_a_run_folder_logs_to_a_temporary_file(tmp_path, capsys):
-    with pytest.raises(SystemExit):
+def test_failure_without_a_run_folder_logs_to_a_temporary_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "temporary"))
+    (tmp_path / "temporary").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        with exit_with_one_line(str(tmp_path / "not_created"), bad_input=(ValueError, OSError)):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", "text.txt")
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err
+    log = Path(line.split("(traceback: ")[1].rstrip(")\n"))
+    assert line.startswith("error: [Errno 2] No such file or directory: 'text.txt' (traceback: ")
+    assert log.parent == tmp_path / "temporary" and "FileNotFoundError" in log.read_text()
+    assert not (tmp_path / "not_created").exists()
+
+
+def test_a_refused_option_before_the_run_folder_exists_is_just_its_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         with exit_with_one_line(str(tmp_path / "not_created")):
-            raise BadInputError("bad")
-    log = Path(capsys.readouterr().err.split("(traceback: ")[1].rstrip(")\n"))
-    assert log.parent != tmp_path / "not_created" and "BadInputError: bad" in log.read_text()
-    log.unlink()
+            raise BadInputError("--k2 0: expected\n an integer >= 1")
+    assert exit_info.value.code == 2 and capsys.readouterr().err == "error: --k2 0: expected an integer >= 1\n"
     assert not (tmp_path / "not_created").exists()
 
 
