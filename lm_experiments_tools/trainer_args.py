@@ -35,7 +35,7 @@ def _help(default, text: str):
 
 @dataclass
 class TrainerArgs:
-    """Options of `Trainer` (docs/design.md). Validated on construction; see the module docstring for batch sizes."""
+    """Options of `Trainer`. Validated on construction; see the module docstring for batch sizes."""
 
     model_path: str | None = _help(
         None, "Folder for checkpoints, tensorboard events, config.json and git.diff; None writes nothing")
