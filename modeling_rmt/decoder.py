@@ -147,9 +147,9 @@ class RecurrentWrapper(nn.Module):
             segment j of n is detached when j <= n - k2 (counted on this batch's n, not max_n_segments).
         segment_alignment: 'right' (default, None), 'left' or 'center'; see `modeling_rmt.segments`.
         segment_checkpointing: free each segment's activations after its forward pass and recompute them in the
-            backward pass: training memory stays that of one segment plus the memory state, the inputs and the
-            (detached) logits of each segment; gradients stay those of full BPTT; each segment costs one more
-            forward pass. The loss is then computed segment by segment, and the returned logits have no graph.
+            backward pass: training memory stays that of one segment plus the memory state and the inputs of each
+            segment, and the (detached) logits unless `forward(return_logits=False)`; gradients stay those of full
+            BPTT; each segment costs one more forward pass. The returned logits then have no graph.
     """
 
     def __init__(self, memory_cell, segment_size, max_n_segments, k2=-1, segment_alignment=None,
@@ -168,7 +168,7 @@ class RecurrentWrapper(nn.Module):
         self.segment_checkpointing = segment_checkpointing
 
     def forward(self, input_ids=None, labels=None, labels_mask=None, attention_mask=None, inputs_embeds=None,
-                output_attentions=None, output_hidden_states=None):
+                output_attentions=None, output_hidden_states=None, return_logits=True):
         """Language-model a long sequence segment by segment.
 
         Args:
@@ -180,9 +180,11 @@ class RecurrentWrapper(nn.Module):
             output_attentions, output_hidden_states: also return `attentions_{i}` / `hidden_states_{i}` per
                 segment i (memory then grows with the number of segments; BadInputError with
                 segment_checkpointing).
+            return_logits: False returns `logits=None` and keeps no (B, T, V) tensor: with segment checkpointing and
+                labels, memory then no longer grows with the vocabulary size times the sequence length.
 
         Returns:
-            CausalLMOutput with `logits` (B, T, V) and, with labels, `loss` (mean over counted tokens, 0 if none)
+            CausalLMOutput with `logits` (B, T, V) (None if not `return_logits`) and, with labels, `loss` (mean over counted tokens, 0 if none)
             and `segment_losses` / `segment_token_counts` (n_segments,): the detached mean loss and the number of
             counted next-token predictions made by each segment's logits (NaN loss where a segment has none).
         """
@@ -192,15 +194,15 @@ class RecurrentWrapper(nn.Module):
         targets = None if labels is None else shifted_targets(labels, labels_mask, attention_mask)  # (B, T)
         kwargs = {"output_attentions": output_attentions} if output_attentions else {}
         logits, loss_sums, per_segment = [], [], {}
-        for index, (output, _, loss_sum) in enumerate(self._run_segments(input_ids, inputs_embeds, attention_mask,
-                                                                         spans, targets, **kwargs)):
+        segments = self._run_segments(input_ids, inputs_embeds, attention_mask, spans, targets, return_logits, **kwargs)
+        for index, (output, _, loss_sum) in enumerate(segments):
             logits.append(output.logits)
             loss_sums.append(loss_sum)
             if output_attentions:
                 per_segment[f"attentions_{index}"] = output.attentions
             if output_hidden_states:
                 per_segment[f"hidden_states_{index}"] = output.hidden_states
-        logits = torch.cat(logits, dim=1)  # (B, T, V)
+        logits = torch.cat(logits, dim=1) if return_logits else None  # (B, T, V)
         if labels is None:
             result = CausalLMOutput(logits=logits)
         else:
@@ -242,7 +244,8 @@ class RecurrentWrapper(nn.Module):
         starts, ends, _ = segment_boundaries(torch.tensor([length]), self.segment_size, self.alignment)
         return list(zip(starts[0].tolist(), ends[0].tolist()))
 
-    def _run_segments(self, input_ids, inputs_embeds, attention_mask, spans, targets=None, **cell_kwargs):
+    def _run_segments(self, input_ids, inputs_embeds, attention_mask, spans, targets=None, return_logits=True,
+                      **cell_kwargs):
         """Yield (cell output, memory after it, summed loss or None) for each segment; memory is (B, m, H).
 
         `targets`: optional (B, T) from `shifted_targets`; the loss of a segment is summed over its positions.
@@ -260,18 +263,21 @@ class RecurrentWrapper(nn.Module):
             output, new_memory, loss_sum = call_segment(
                 self._segment_step, memory, None if input_ids is None else input_ids[:, start:end],
                 None if inputs_embeds is None else inputs_embeds[:, start:end], segment_mask,
-                None if targets is None else targets[:, start:end], checkpointed=self.segment_checkpointing,
+                None if targets is None else targets[:, start:end], return_logits,
+                checkpointed=self.segment_checkpointing,
                 **cell_kwargs)
             has_tokens = segment_mask.bool().any(dim=1)  # (B,) an all-padding segment leaves the memory as is
             memory = torch.where(has_tokens[:, None, None], new_memory.to(memory.dtype), memory)
             started = started | has_tokens
             yield output, memory, loss_sum
 
-    def _segment_step(self, memory, input_ids, inputs_embeds, attention_mask, targets, **cell_kwargs):
+    def _segment_step(self, memory, input_ids, inputs_embeds, attention_mask, targets, return_logits,
+                      **cell_kwargs):
         """One memory-cell step and, with `targets` (B, S), the summed cross-entropy of its predictions.
 
         The loss is computed here, inside the step, so that with segment checkpointing the graph from the
-        (B, S, V) logits to the loss is freed with the rest of the segment; the returned logits are then detached.
+        (B, S, V) logits to the loss is freed with the rest of the segment; the returned logits are then detached,
+        or None without `return_logits`.
         """
         output, new_memory = self.memory_cell(input_ids=input_ids, inputs_embeds=inputs_embeds, memory_state=memory,
                                               attention_mask=attention_mask, **cell_kwargs)
@@ -279,8 +285,10 @@ class RecurrentWrapper(nn.Module):
         if targets is not None:
             loss_sum = F.cross_entropy(output.logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
                                        reduction="sum")
-        if self.segment_checkpointing and torch.is_grad_enabled():
-            output.logits = output.logits.detach()
+        if not return_logits:
+            output["logits"] = None
+        elif self.segment_checkpointing and torch.is_grad_enabled():
+            output["logits"] = output.logits.detach()
         return output, new_memory, loss_sum
 
     @staticmethod

@@ -13,6 +13,7 @@ from torch.autograd.graph import saved_tensors_hooks
 from lm_experiments_tools.errors import BadInputError
 from rmt_checkpointing_cases import (
     CASES,
+    FORWARD_SEED,
     decoder_batch,
     encoder_batch,
     loss_and_gradients,
@@ -63,6 +64,24 @@ def test_evaluation_without_gradients_is_unchanged(kind):
         expected, actual = build(False).eval()(**batch), build(True).eval()(**batch)
     torch.testing.assert_close(actual.logits, expected.logits)
     torch.testing.assert_close(actual.loss, expected.loss)
+
+
+@pytest.mark.parametrize("return_logits", [True, False])
+def test_decoder_logits_are_detached_or_left_out(return_logits):
+    batch = decoder_batch([30, 17])
+    torch.manual_seed(FORWARD_SEED)
+    full = tiny_decoder(False).train()(**batch)
+    full_step = loss_and_gradients(tiny_decoder(False), batch)
+    checkpointed = loss_and_gradients(tiny_decoder(True), {**batch, "return_logits": return_logits})
+    assert_same_step(full_step, checkpointed)
+    torch.manual_seed(FORWARD_SEED)
+    output = tiny_decoder(True).train()(**batch, return_logits=return_logits)
+    if return_logits:
+        assert not output.logits.requires_grad
+        torch.testing.assert_close(output.logits, full.logits.detach())
+    else:
+        assert output.logits is None
+    torch.testing.assert_close(output.segment_losses, full.segment_losses, equal_nan=True)
 
 
 def saved_bytes_per_step(model, batch):
