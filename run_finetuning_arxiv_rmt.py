@@ -80,6 +80,10 @@ class ArxivArgs:
     k2: int = field(
         default=-1, metadata={"help": "Truncated BPTT: gradients flow through at most the last k2 segments; "
                                       "-1 = all (default: -1)"})
+    segment_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute each segment's activations in the backward pass: training memory "
+                                         "of about one segment, the same gradients, one more forward pass per "
+                                         "segment (default: False)"})
     vary_n_segments: bool = field(
         default=False, metadata={"help": "Train each batch on its last n blocks, n uniform in 1..max_n_segments "
                                          "(default: False)"})
@@ -178,8 +182,9 @@ def build_model(args, tokenizer):
     """The backbone in a memory cell in a recurrent wrapper, initialised from model_cpt when given."""
     backbone = build_backbone(args, tokenizer)
     cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens)
+    checkpointing = {"segment_checkpointing": True} if args.segment_checkpointing else {}  # custom classes may lack it
     model = get_cls_by_name(args.model_cls)(cell, segment_size=args.segment_size,
-                                             max_n_segments=args.max_n_segments, k2=args.k2)
+                                             max_n_segments=args.max_n_segments, k2=args.k2, **checkpointing)
     if args.model_cpt:
         path = Path(args.model_cpt) / BEST_CHECKPOINT_NAME
         try:

@@ -100,6 +100,9 @@ class BabilongArgs:
     max_n_segments: int = _help(1, "Segments per sample (ignored with curriculum)")
     bptt_depth: int = _help(-1, "Memory transitions gradients flow through; -1: all (full BPTT)")
     sum_loss: bool = _help(False, "Encoder: loss is the mean over segments instead of the last segment's")
+    segment_checkpointing: bool = _help(
+        False, "Recompute each segment's activations in the backward pass: training memory of about one segment, "
+               "the same gradients, one more forward pass per segment")
     segment_alignment: str | None = _help(None, "right (None), left or center: where a partial segment goes")
     curriculum: str | None = _help(
         None, "Comma-separated segment counts trained in turn, e.g. 1,2,4; each stage starts from the previous "
@@ -252,10 +255,11 @@ def build_model(args: BabilongArgs, tokenizer, n_labels: int, n_segments: int):
     """The backbone inside its memory wrapper."""
     backbone = build_backbone(args, tokenizer, n_labels)
     model_cls = get_cls_by_name(args.model_cls or DEFAULT_MODEL_CLS[args.model_type])
+    checkpointing = {"segment_checkpointing": True} if args.segment_checkpointing else {}  # custom classes may lack it
     if args.model_type == "encoder":
         return model_cls(backbone, args.num_mem_tokens, tokenizer, args.input_size, n_segments,
                          bptt_depth=args.bptt_depth, sum_loss=args.sum_loss,
-                         segment_alignment=args.segment_alignment)
+                         segment_alignment=args.segment_alignment, **checkpointing)
     segment_size = args.input_size - 2 * args.num_mem_tokens
     if segment_size < 1:
         raise ValueError(f"--input_size {args.input_size} leaves no tokens after 2 * {args.num_mem_tokens} memory "
@@ -263,7 +267,7 @@ def build_model(args: BabilongArgs, tokenizer, n_labels: int, n_segments: int):
     cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens)
     # k2 counts segments, bptt_depth counts memory transitions between them
     k2 = -1 if args.bptt_depth == -1 else args.bptt_depth + 1
-    return model_cls(cell, segment_size, n_segments, k2=k2, segment_alignment=args.segment_alignment)
+    return model_cls(cell, segment_size, n_segments, k2=k2, segment_alignment=args.segment_alignment, **checkpointing)
 
 
 def load_weights(model, run_dir) -> Path:

@@ -21,6 +21,7 @@ BS=${BS:-4}                              # samples per forward pass per process 
 LR=${LR:-1e-5}
 WEIGHT_DECAY=${WEIGHT_DECAY:-1e-3}       # AdamW, linear warm-up and clipping as the BABILong runs (SPEC §9)
 SEED=${SEED:-42}
+SEGMENT_CHECKPOINTING=${SEGMENT_CHECKPOINTING:-0}  # 1: recompute segment activations in backward (memory of ~1 segment)
 RUN_N=${RUN_N:-1}
 RUNS_DIR=${RUNS_DIR:-$REPO_ROOT/runs}
 MODEL_CPT=${MODEL_CPT:-}                 # run folder whose model_best.pth initialises this run (curriculum)
@@ -31,6 +32,11 @@ SETTING=lm_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg${MAX_N_SEGMENTS}_k2${K2}_tbs${T
 MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/arxiv/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 
 source "$REPO_ROOT/scripts/batch_setup.sh"          # checks the batch sizes, sets GRAD_ACC
+case $SEGMENT_CHECKPOINTING in
+    0) CHECKPOINTING_FLAG= ;;
+    1) CHECKPOINTING_FLAG=--segment_checkpointing ;;
+    *) echo "SEGMENT_CHECKPOINTING=$SEGMENT_CHECKPOINTING: expected 0 or 1" >&2; exit 2 ;;
+esac
 TENTH=$(( ITERS / 10 > 0 ? ITERS / 10 : 1 ))
 VALID_INTERVAL=${VALID_INTERVAL:-$TENTH}
 WARMUP=${WARMUP:-$TENTH}                 # linear warm-up steps (ITERS/10)
@@ -48,4 +54,4 @@ torchrun --nproc_per_node="$NP" "$REPO_ROOT/run_finetuning_arxiv_rmt.py" \
     --lr_scheduler linear --num_warmup_steps "$WARMUP" --clip_grad_value 5.0 \
     --log_interval "$LOG_INTERVAL" --valid_interval "$VALID_INTERVAL" \
     --save_best --optimize_metric last_block_loss --optimize_mode min --early_stopping_patience "$PATIENCE" \
-    --seed "$SEED" "$@"
+    --seed "$SEED" $CHECKPOINTING_FLAG "$@"

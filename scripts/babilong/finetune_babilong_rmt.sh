@@ -30,6 +30,7 @@ WARMUP=${WARMUP:-$VALID_INTERVAL}             # linear warm-up steps (ITERS/10)
 PATIENCE=${PATIENCE:-15}                      # early stopping, in validations
 NUM_VALID_SAMPLES=${NUM_VALID_SAMPLES:-1000}
 SEED=${SEED:-42}
+SEGMENT_CHECKPOINTING=${SEGMENT_CHECKPOINTING:-0}  # 1: recompute segment activations in backward (memory of ~1 segment)
 RUN_N=${RUN_N:-1}
 RUNS_DIR=${RUNS_DIR:-$REPO_ROOT/runs}
 MODEL_CPT=${MODEL_CPT:-}                      # run folder whose model_best.pth initialises the first stage
@@ -39,6 +40,11 @@ SETTING=${MODEL_TYPE}_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg${N_SEGMENTS}_tbs${TB
 MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/$TASK/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 
 source "$REPO_ROOT/scripts/batch_setup.sh"          # checks the batch sizes, sets GRAD_ACC
+case $SEGMENT_CHECKPOINTING in
+    0) CHECKPOINTING_FLAG= ;;
+    1) CHECKPOINTING_FLAG=--segment_checkpointing ;;
+    *) echo "SEGMENT_CHECKPOINTING=$SEGMENT_CHECKPOINTING: expected 0 or 1" >&2; exit 2 ;;
+esac
 CURRICULUM=$(echo $SEGMENTS | tr ' ' ',')
 
 torchrun --nproc_per_node="$NP" "$REPO_ROOT/run_finetuning_babilong_rmt.py" \
@@ -51,4 +57,4 @@ torchrun --nproc_per_node="$NP" "$REPO_ROOT/run_finetuning_babilong_rmt.py" \
     --lr_scheduler linear --num_warmup_steps "$WARMUP" --clip_grad_value 5.0 \
     --log_interval "$(( VALID_INTERVAL < 50 ? VALID_INTERVAL : 50 ))" --valid_interval "$VALID_INTERVAL" \
     --save_best --optimize_metric exact_match --optimize_mode max --early_stopping_patience "$PATIENCE" \
-    --num_valid_samples "$NUM_VALID_SAMPLES" --show_valid_examples 3 --seed "$SEED" "$@"
+    --num_valid_samples "$NUM_VALID_SAMPLES" --show_valid_examples 3 --seed "$SEED" $CHECKPOINTING_FLAG "$@"
