@@ -184,9 +184,10 @@ class RecurrentWrapper(nn.Module):
                 labels, memory then no longer grows with the vocabulary size times the sequence length.
 
         Returns:
-            CausalLMOutput with `logits` (B, T, V) (None if not `return_logits`) and, with labels, `loss` (mean over counted tokens, 0 if none)
-            and `segment_losses` / `segment_token_counts` (n_segments,): the detached mean loss and the number of
-            counted next-token predictions made by each segment's logits (NaN loss where a segment has none).
+            CausalLMOutput with `logits` (B, T, V) (None if not `return_logits`) and, with labels, `loss` (mean
+            over counted tokens, 0 if none) and `segment_losses` / `segment_token_counts` (n_segments,): the
+            detached mean loss and the number of counted next-token predictions made by each segment's logits (NaN
+            loss where a segment has none).
         """
         check_one_input(input_ids, inputs_embeds)
         check_per_segment_outputs(self.segment_checkpointing, output_attentions, output_hidden_states)

@@ -1,9 +1,10 @@
 """Helpers shared by the encoder and decoder memory wrappers: argument checks, segmentation, truncated BPTT,
 segment checkpointing.
 
-Segment alignment (docs/design.md, memory wrappers) decides where a sequence of `n` tokens is cut into `k = ceil(n / segment_size)`
-segments: `right` (the default) makes the last segment full and the first one partial, `left` makes the first
-full and the last partial, `center` makes all `k` segments as equal as possible (lengths differ by at most 1).
+Segment alignment (docs/design.md, memory wrappers) decides where a sequence of `n` tokens is cut into
+`k = ceil(n / segment_size)` segments: `right` (the default) makes the last segment full and the first one
+partial, `left` makes the first full and the last partial, `center` makes all `k` segments as equal as possible
+(lengths differ by at most 1).
 """
 import torch
 from torch import nn
@@ -46,7 +47,8 @@ def check_per_segment_outputs(segment_checkpointing, output_attentions, output_h
     """Raise BadInputError when per-segment attentions / hidden states are asked of a checkpointing wrapper."""
     if segment_checkpointing and (output_attentions or output_hidden_states):
         raise BadInputError("output_attentions / output_hidden_states keep tensors of every segment, which "
-                            "segment_checkpointing=True exists to free; expected them off, or segment_checkpointing=False")
+                            "segment_checkpointing=True exists to free; expected them off, or "
+                            "segment_checkpointing=False")
 
 
 def call_segment(step, *args, checkpointed, **kwargs):
