@@ -238,11 +238,26 @@ def run_training(args):
     measure_table("training", args.training_segments, args.threads, "Training: forward + backward, full BPTT")
 
 
+def available_memory_mib():
+    with open("/proc/meminfo") as meminfo:
+        return next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:")) / 1024
+
+
+def full_bptt_fits(runs, n):
+    """Whether full BPTT at n segments is expected to fit in 80% of the available memory, extrapolating linearly
+    from the two largest full-BPTT runs so far (True while there are fewer than two)."""
+    done = sorted((count, max(r["peak_rss_mib"] for r in rows)) for (ckpt, count), rows in runs.items() if not ckpt)
+    if len(done) < 2:
+        return True
+    (n0, peak0), (n1, peak1) = done[-2:]
+    expected = peak1 + (n - n1) * (peak1 - peak0) / (n1 - n0)
+    return expected < 0.8 * available_memory_mib()
+
+
 def machine_load():
     """'load average 1 / 5 / 15 min, available memory' of this machine, for the record beside timings."""
-    with open("/proc/meminfo") as meminfo:
-        available = next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:"))
-    return f"load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}, {available / 2**20:.1f} GiB available"
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"load average {load}, {available_memory_mib() / 1024:.1f} GiB available"
 
 
 def checkpointing_runs(args, model):
@@ -251,7 +266,9 @@ def checkpointing_runs(args, model):
     for repeat in range(args.checkpointing_repeats):
         for n in args.checkpointing_segments:
             for checkpointed in (False, True):
-                if not checkpointed and n > args.full_bptt_max_segments:
+                if not checkpointed and (n > args.full_bptt_max_segments or not full_bptt_fits(runs, n)):
+                    print(f"  [{model} n={n} full BPTT] skipped: above --full_bptt_max_segments or expected not to "
+                          f"fit in memory; {machine_load()}", flush=True)
                     continue
                 extra = ["--model", model, "--decoder_input_size", str(args.decoder_input_size), "--warmup"]
                 extra += ["--segment_checkpointing"] if checkpointed else []
