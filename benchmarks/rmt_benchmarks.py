@@ -198,11 +198,9 @@ def worker(args):
         step(1)  # first-call costs (thread pools, allocator growth) out of the measured step
     reset_peak_rss()
     rss_before = process_memory_mib("VmRSS")
-    start = time.perf_counter()
-    step(args.n_segments)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time_call(lambda: step(args.n_segments))
     print(json.dumps({"n_segments": args.n_segments, "peak_rss_mib": process_memory_mib("VmHWM"),
-                      "setup_rss_mib": rss_before, "seconds": seconds}))
+                      "setup_rss_mib": rss_before, "seconds": seconds, "cpu_seconds": cpu_seconds}))
 
 
 def measure_in_subprocess(kind, n_segments, threads, extra=()):
@@ -275,7 +273,8 @@ def checkpointing_runs(args, model):
                 row = measure_in_subprocess("training", n, args.threads, extra)
                 runs.setdefault((checkpointed, n), []).append(row)
                 print(f"  [{model} n={n} checkpointing={checkpointed} repeat {repeat + 1}] "
-                      f"peak {row['peak_rss_mib']:.0f} MiB, {row['seconds'] / n:.3f} s/segment; {machine_load()}",
+                      f"peak {row['peak_rss_mib']:.0f} MiB, {row['cpu_seconds'] / n:.3f} CPU s/segment "
+                      f"({row['seconds'] / n:.3f} wall); {machine_load()}",
                       flush=True)
     return runs
 
@@ -286,11 +285,12 @@ def print_checkpointing_table(args, model, runs):
         rows = runs.get((checkpointed, n))
         if not rows:
             return None
-        return max(r["peak_rss_mib"] for r in rows), statistics.median(r["seconds"] / n for r in rows)
+        return max(r["peak_rss_mib"] for r in rows), statistics.median(r["cpu_seconds"] / n for r in rows)
 
     tokens = INPUT_SIZE - NUM_MEM_TOKENS - 3 if model == "encoder" else args.decoder_input_size - 2 * DECODER_MEM_TOKENS
     print(f"\n## Training step, {model}, batch 1, {tokens} tokens per segment: full BPTT vs segment_checkpointing "
-          f"(peak RSS = VmHWM, max over {args.checkpointing_repeats} interleaved repeats; s/segment = median)")
+          f"(peak RSS = VmHWM, max over {args.checkpointing_repeats} interleaved repeats; s/segment = median CPU "
+          "seconds of the process, less disturbed by other jobs than wall time)")
     print("| segments | full peak MiB | ckpt peak MiB | ckpt / full peak | ckpt peak / ckpt 1-segment peak | "
           "full s/seg | ckpt s/seg | ckpt / full time |\n|---|---|---|---|---|---|---|---|")
     first = summary(True, args.checkpointing_segments[0])

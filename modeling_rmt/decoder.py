@@ -265,7 +265,7 @@ class RecurrentWrapper(nn.Module):
                 self._segment_step, memory, None if input_ids is None else input_ids[:, start:end],
                 None if inputs_embeds is None else inputs_embeds[:, start:end], segment_mask,
                 None if targets is None else targets[:, start:end], return_logits,
-                checkpointed=self.segment_checkpointing,
+                checkpointed=self.segment_checkpointing and index < len(spans) - 1,  # the last: backward is next
                 **cell_kwargs)
             has_tokens = segment_mask.bool().any(dim=1)  # (B,) an all-padding segment leaves the memory as is
             memory = torch.where(has_tokens[:, None, None], new_memory.to(memory.dtype), memory)

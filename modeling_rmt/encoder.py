@@ -157,9 +157,11 @@ class RMTEncoderForSequenceClassification(nn.Module):
             active = (slot >= first_slot).nonzero().squeeze(1)  # (b,) samples with a segment in this slot
             memory = memory_for_segment(memory, initial_memory, slot > first_slot, slot, n_slots, self.bptt_depth)
             segment_ids, segment_mask = self._segment_layout(tokens, active, starts[active, slot], ends[active, slot])
+            # the last segment is not checkpointed: its backward pass comes right after
+            checkpointed = self.segment_checkpointing and slot < n_slots - 1
             output, new_memory = call_segment(self._segment_step, segment_ids, segment_mask, memory[active],
                                               None if labels is None else labels[active], output_attentions,
-                                              checkpointed=self.segment_checkpointing)  # new_memory: (b, m, H)
+                                              checkpointed=checkpointed)  # new_memory: (b, m, H)
             memory = memory.index_put((active,), new_memory.to(memory.dtype))
             per_segment.update(self._segment_record(output, slot, output_attentions, output_hidden_states))
             if output.loss is not None:

@@ -57,7 +57,8 @@ def call_segment(step, *args, checkpointed, **kwargs):
     Checkpointing (non-reentrant `torch.utils.checkpoint`) keeps only the step's inputs (the memory state and the
     segment's tokens) and recomputes its activations when the backward pass reaches it, with the RNG state
     (dropout masks) and autocast state of the first pass, so gradients are those of full BPTT at the cost of one
-    more forward pass per segment. Without gradients there is nothing to free, and the step runs plainly.
+    more forward pass per segment. Without gradients there is nothing to free, and the step runs plainly. The
+    wrappers do not checkpoint the last segment: its backward pass comes right after the forward pass.
     """
     if checkpointed and torch.is_grad_enabled():
         return checkpoint(step, *args, use_reentrant=False, **kwargs)
