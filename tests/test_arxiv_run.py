@@ -154,3 +154,36 @@ def test_end_to_end_script_writes_events_checkpoint_and_results(tmp_path, capsys
     code, message = run_main(["--validate_only", "--model_cpt", str(run_folder), "--input_size", "32",
                               "--num_mem_tokens", "0", *model_and_data], capsys)
     assert code == 2 and message[-1].startswith("error: ") and "does not fit this model" in message[-1]
+
+
+def tiny_run_inputs(folder):
+    """Flags naming a tiny GPT-2 config, a word tokenizer and text files written to folder."""
+    (folder / "tiny_gpt2.json").write_text(json.dumps(TINY_GPT2))
+    save_word_tokenizer(folder / "tokenizer", WORDS, SPECIAL_TOKENS)
+    return ["--model_cfg", str(folder / "tiny_gpt2.json"), "--tokenizer", str(folder / "tokenizer"),
+            "--text_files", *write_documents(folder, 3, seed=0),
+            "--valid_text_files", *write_documents(folder, 2, seed=1),
+            "--test_text_files", *write_documents(folder, 2, seed=2),
+            "--input_size", "32", "--num_mem_tokens", "2", "--max_n_segments", "3", "--batch_size", "2"]
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_an_odd_validation_set_exactly_as_one(tmp_path):
+    # 7 samples: shards of 3 and 4, so padding a shard (as DistributedSampler does) would count a sample twice
+    model_and_data = tiny_run_inputs(tmp_path) + ["--num_valid_samples", "7"]
+    main([*model_and_data, "--iters", "2", "--lr", "3e-3", "--save_best", "--model_path", str(tmp_path / "run")])
+    evaluate = [*model_and_data, "--validate_only", "--model_cpt", str(tmp_path / "run")]
+    one = main([*evaluate, "--model_path", str(tmp_path / "one")])
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(REPO_ROOT / "run_finetuning_arxiv_rmt.py"),
+               *evaluate, "--model_path", str(tmp_path / "two")]
+    finished = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                              timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    for split in ("validation", "test"):
+        # `loss` is a mean of batch means, which depends on how samples fall into batches; the others are
+        # token-weighted sums over samples
+        per_token = {name: value for name, value in one[split].items() if name != "loss"}
+        assert per_token == {name: two[split][name] for name in per_token}
+        assert {"last_block_loss", "seg2_loss"} <= set(per_token)

@@ -11,7 +11,9 @@ import torch
 
 import run_finetuning_babilong_rmt as run_babilong
 from babilong import plot
+from babilong.metrics import f1_scores
 from babilong.results import RESULTS_FILE, append_result, read_results
+from lm_experiments_tools import runs as run_layer
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.utils import CONFIG_FILE
 
@@ -57,6 +59,14 @@ def tensorboard_tags(folder: Path) -> set:
     return set(accumulator.Tags()["scalars"])
 
 
+def best_valid_exact_match(folder: Path) -> float:
+    """The best validation exact_match logged during training (the step whose weights model_best.pth holds)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return max(event.value for event in accumulator.Scalars("exact_match/iterations/valid"))
+
+
 def stage_records(folder: Path) -> list:
     return read_results(folder / RESULTS_FILE)
 
@@ -71,7 +81,7 @@ def curriculum_run(tiny_bert, tmp_path_factory):
     """A two-stage curriculum (1 then 2 segments), evaluated also at 3 segments; records weight loads in order."""
     runs = tmp_path_factory.mktemp("runs")
     events = []
-    original_load, original_prepare = run_babilong.load_model_weights, run_babilong.prepare_run
+    original_load, original_prepare = run_layer.load_model_weights, run_layer.prepare_run
 
     def spy_load(model, path):
         events.append(("load", Path(path)))
@@ -82,8 +92,8 @@ def curriculum_run(tiny_bert, tmp_path_factory):
         return original_prepare(values, logger)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(run_babilong, "load_model_weights", spy_load)
-        patch.setattr(run_babilong, "prepare_run", spy_prepare)
+        patch.setattr(run_layer, "load_model_weights", spy_load)
+        patch.setattr(run_layer, "prepare_run", spy_prepare)
         run_babilong.main(common_args(tiny_bert) + training_args() + [
             "--curriculum", "1,2", "--eval_n_segments", "3", "--model_path", str(runs / STAGE_DIR / "run_1")])
     return runs, events
@@ -101,7 +111,8 @@ def test_curriculum_writes_one_run_folder_per_stage(curriculum_run):
         stage_record = stage_records(folder)[0]
         assert (stage_record["n_segments"], stage_record["input_seq_len"]) == (n_segments, n_segments * SEGMENT_SIZE)
         assert stage_record["n_samples"] == NUM_VALID_SAMPLES
-        assert 0 <= stage_record["accuracy"] <= 100
+        # the stage's record evaluates model_best.pth on the validation set: exactly its best validation score
+        assert stage_record["accuracy"] == pytest.approx(best_valid_exact_match(folder), rel=1e-6)
         assert stage_record["checkpoint"] == str(folder / BEST_CHECKPOINT_NAME)
     extra = stage_records(runs / "seg2" / "run_1")[1]
     assert (extra["n_segments"], extra["input_seq_len"], extra["trained_n_segments"]) == (3, 3 * SEGMENT_SIZE, 2)
@@ -132,13 +143,14 @@ def test_decoder_generation_reports_exact_match(tmp_path):
     record = stage_records(tmp_path / "run_1")[0]
     room = 3  # GEN, a one-token place name, EOS
     assert record["input_seq_len"] == 2 * (INPUT_SIZE - 2 * NUM_MEM_TOKENS) - room
-    assert record["n_samples"] == NUM_VALID_SAMPLES and 0 <= record["accuracy"] <= 100
+    assert record["n_samples"] == NUM_VALID_SAMPLES
+    assert record["accuracy"] == pytest.approx(best_valid_exact_match(tmp_path / "run_1"), rel=1e-6)
     assert "exact_match/iterations/valid" in tensorboard_tags(tmp_path / "run_1")
 
 
 def test_f1_scores_against_hand_counts():
     predictions, labels = torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1])
-    scores = run_babilong.f1_scores(predictions, labels, n_classes=3)
+    scores = f1_scores(predictions, labels, n_classes=3)
     # class 0: tp 1 fp 1 fn 0 -> 2/3; class 1: tp 1 fp 0 fn 2 -> 1/2; class 2 never a label: not in the macro mean
     assert scores["f1_macro"] == pytest.approx(100 * (2 / 3 + 1 / 2) / 2)
     assert scores["f1_micro"] == pytest.approx(100 * 2 * 2 / (2 * 2 + 2 + 2))

