@@ -141,3 +141,22 @@ def test_ddp_gradients_equal_full_bptt(tmp_path):
             assert result["relative_difference"] <= 1e-5, (case, result)
             assert result["loss_difference"] <= 1e-5, (case, result)
             assert result["ranks_agree"], case  # gradients were all-reduced: both processes hold the same
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["babilong", "arxiv"])
+@pytest.mark.parametrize("flag", [[], ["--segment_checkpointing"]])
+def test_run_scripts_pass_the_flag_to_the_wrapper(script, flag):
+    import run_finetuning_arxiv_rmt
+    import run_finetuning_babilong_rmt
+    from lm_experiments_tools.runs import load_tokenizer, parse_args
+
+    argv = ["--input_size", "32", "--num_mem_tokens", "2", *flag]
+    if script == "babilong":
+        _, args = parse_args(run_finetuning_babilong_rmt.BabilongArgs, argv)
+        model = run_finetuning_babilong_rmt.build_model(args, load_tokenizer(None), n_labels=3)
+    else:
+        _, args = parse_args(run_finetuning_arxiv_rmt.ArxivArgs, argv)
+        model = run_finetuning_arxiv_rmt.build_model(args, run_finetuning_arxiv_rmt.ensure_pad_and_eos(
+            load_tokenizer(None)))
+    assert model.segment_checkpointing is bool(flag)
