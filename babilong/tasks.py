@@ -1,6 +1,6 @@
 """Task sources for BABILong: the facts, question and answer that get hidden in background text.
 
-Two families (SPEC §5):
+Two families (docs/design.md, "BABILong data"):
 - the AAAI-24 RMT paper's tasks, generated in code: `memorize`, `detect_memorize` and `reasoning`, each a
   6-way classification over the places;
 - bAbI qa1..qa20 read from the standard files a user has (BABILong proper).

@@ -14,7 +14,8 @@ import time
 import numpy as np
 import torch
 
-from babilong import BABILongDataset, background_sentences, load_background, load_default_tokenizer
+from babilong import BABILongDataset, background_sentences, load_background
+from lm_experiments_tools.offline_model import load_tokenizer
 
 
 def parse_args():
@@ -52,7 +53,7 @@ def retokenizing_sample(dataset, text, index):
 def main():
     args = parse_args()
     torch.set_num_threads(1)
-    tokenizer = load_default_tokenizer()
+    tokenizer = load_tokenizer()
 
     start = time.perf_counter()
     corpus = load_background(args.noise_dataset, "train", tokenizer)

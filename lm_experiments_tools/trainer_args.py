@@ -23,7 +23,7 @@ def _help(default, text: str):
 
 @dataclass
 class TrainerArgs:
-    """Options of `Trainer` (SPEC §3). Validated on construction; see the module docstring for batch sizes."""
+    """Options of `Trainer`. Validated on construction; see the module docstring for batch sizes."""
 
     model_path: str | None = _help(
         None, "Folder for checkpoints, tensorboard events, config.json and git.diff; None writes nothing")

@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
 
-from arxiv_lm.data import (IGNORE_INDEX, SegmentCollator, SegmentDataset, ensure_pad_and_eos, hash_split,
-                           load_text_splits, text_file_splits, tokenize_splits)
+from arxiv_lm.data import IGNORE_INDEX, SegmentCollator, SegmentDataset, tokenize_splits
 from arxiv_lm.metrics import block_nll, segment_metrics
-from arxiv_lm.offline import default_tokenizer, stdlib_docstring_documents
+from lm_experiments_tools.offline_model import load_tokenizer
 
 SEGMENT = 4
 PAD = 0
@@ -86,54 +85,9 @@ def test_block_nll_aligns_positions_from_the_first_real_block():
     assert set(metrics) >= {"seg0_loss", "seg1_loss", "seg2_ppl", "all_blocks_loss"}
 
 
-def test_ensure_pad_and_eos_fallbacks_and_error():
-    tokenizer = ensure_pad_and_eos(default_tokenizer())  # MiniLM: [PAD] but no eos
-    assert tokenizer.eos_token == tokenizer.sep_token and tokenizer.pad_token == "[PAD]"
-    tokenizer.eos_token, tokenizer.sep_token, tokenizer.pad_token = None, None, None
-    with pytest.raises(ValueError, match="no eos token"):
-        ensure_pad_and_eos(tokenizer)
-
-
 def test_tokenize_appends_eos_once_per_document():
-    tokenizer = ensure_pad_and_eos(default_tokenizer())
+    tokenizer = load_tokenizer()
     splits = DatasetDict({"train": Dataset.from_dict({"text": ["hello world", "a b c d"]})})
     tokenized = tokenize_splits(splits, tokenizer)["train"]
     assert tokenized["n_tokens"] == [3, 5]
     assert [doc[-1] for doc in tokenized["input_ids"]] == [tokenizer.eos_token_id] * 2
-
-
-def test_load_text_splits_checks_folder_and_splits(tmp_path):
-    with pytest.raises(ValueError, match="is not a folder"):
-        load_text_splits(dataset_path=tmp_path / "missing")
-    only_train = DatasetDict({"train": Dataset.from_dict({"text": ["x"]})})
-    only_train.save_to_disk(tmp_path / "only_train")
-    with pytest.raises(ValueError, match="missing \\['validation'\\]"):
-        load_text_splits(dataset_path=tmp_path / "only_train")
-    DatasetDict({"train": only_train["train"], "valid": only_train["train"]}).save_to_disk(tmp_path / "ok")
-    assert set(load_text_splits(dataset_path=tmp_path / "ok")) == {"train", "validation"}
-
-
-def test_text_file_splits_reads_one_document_per_file(tmp_path):
-    for name in ("a", "b", "c"):
-        (tmp_path / f"{name}.txt").write_text(f"document {name}")
-    splits = text_file_splits([tmp_path / "a.txt", tmp_path / "b.txt"], [tmp_path / "c.txt"])
-    assert splits["train"]["text"] == ["document a", "document b"] and splits["validation"]["text"] == ["document c"]
-    with pytest.raises(ValueError, match="not found"):
-        text_file_splits([tmp_path / "nope.txt"], [tmp_path / "c.txt"])
-
-
-def test_hash_split_is_stable_when_documents_are_added():
-    texts = {f"doc{i}": f"text {i}" for i in range(60)}
-    splits = hash_split(texts)
-    grown = hash_split({**texts, **{f"new{i}": "more" for i in range(20)}})
-    for split in splits:
-        assert set(splits[split]["name"]) <= set(grown[split]["name"])
-    assert sum(len(split) for split in splits.values()) == 60
-
-
-def test_stdlib_docstrings_in_source_order(tmp_path):
-    (tmp_path / "mod.py").write_text('"""Module doc."""\nclass A:\n    """Class doc."""\n'
-                                     '    def f(self):\n        """Method doc."""\ndef g():\n    """Function doc."""\n')
-    (tmp_path / "empty.py").write_text("x = 1\n")
-    documents = stdlib_docstring_documents(tmp_path)
-    assert documents == {"mod": "Module doc.\n\nClass doc.\n\nMethod doc.\n\nFunction doc."}

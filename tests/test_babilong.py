@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from babilong import (BABILongDataset, decoder_collate, encoder_collate, get_task, load_background,
-                      load_default_tokenizer, parse_babi_file)
+from babilong import BABILongDataset, decoder_collate, encoder_collate, get_task, load_background, parse_babi_file
 from babilong import background as background_module
 from babilong.tasks import OPPOSITE_DIRECTION, PLACES, TaskSample
+from lm_experiments_tools.offline_model import load_tokenizer
 
 BABI_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "babi")
 LENGTHS = [50, 137, 499, 998, 4096, 100_000]
@@ -21,7 +21,7 @@ PROSE = "The {0} river runs past the old mill. A quiet {0} town sits on its bank
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_default_tokenizer()
+    return load_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -149,7 +149,8 @@ def test_ddp_gradients_equal_full_bptt(tmp_path):
 def test_run_scripts_pass_the_flag_to_the_wrapper(script, flag):
     import run_finetuning_arxiv_rmt
     import run_finetuning_babilong_rmt
-    from lm_experiments_tools.runs import load_tokenizer, parse_args
+    from lm_experiments_tools.offline_model import load_tokenizer
+    from lm_experiments_tools.runs import parse_args
 
     argv = ["--input_size", "32", "--num_mem_tokens", "2", *flag]
     if script == "babilong":
@@ -157,6 +158,5 @@ def test_run_scripts_pass_the_flag_to_the_wrapper(script, flag):
         model = run_finetuning_babilong_rmt.build_model(args, load_tokenizer(None), n_labels=3)
     else:
         _, args = parse_args(run_finetuning_arxiv_rmt.ArxivArgs, argv)
-        model = run_finetuning_arxiv_rmt.build_model(args, run_finetuning_arxiv_rmt.ensure_pad_and_eos(
-            load_tokenizer(None)))
+        model = run_finetuning_arxiv_rmt.build_model(args, load_tokenizer(None))
     assert model.segment_checkpointing is bool(flag)

@@ -10,7 +10,7 @@ VOCAB_SIZE = 97
 SEGMENT_SIZE = 8
 MEM_TOKENS = 3
 PAD_ID = 0
-NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+NEEDS_CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 AUTOCAST_SETTINGS = [("cpu", torch.bfloat16), pytest.param("cuda", torch.float16, marks=NEEDS_CUDA),
                      pytest.param("cuda", torch.bfloat16, marks=NEEDS_CUDA)]
 

@@ -12,7 +12,7 @@ VOCAB_SIZE = 200
 MEM_TOKENS = 3
 INPUT_SIZE = 16  # segment_size = 16 - 3 - 3 = 10
 SEGMENT_SIZE = INPUT_SIZE - MEM_TOKENS - 3
-NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+NEEDS_CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 AUTOCAST_SETTINGS = [("cpu", torch.bfloat16), pytest.param("cuda", torch.float16, marks=NEEDS_CUDA),
                      pytest.param("cuda", torch.bfloat16, marks=NEEDS_CUDA)]
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# GPT-2 + RMT language modelling on ArXiv documents (SPEC §7), the paper's setting: GPT-2, input 1024 (or 128)
-# tokens, 2 memory tokens, lr 1e-5, total batch 32. Every variable below can be overridden from the environment;
-# extra arguments go to run_finetuning_arxiv_rmt.py. DATASET_PATH is a `load_from_disk` folder with
-# train/validation/test splits (the paper: the ArXiv part of the Pile); empty uses the offline default text.
+# GPT-2 + RMT language modelling on ArXiv documents (docs/design.md, "ArXiv language modelling"), the paper's
+# setting: GPT-2, input 1024 (or 128) tokens, 2 memory tokens, lr 1e-5, total batch 32. Every variable below can
+# be overridden from the environment; extra arguments go to run_finetuning_arxiv_rmt.py. DATASET_PATH is a
+# `load_from_disk` folder with train/validation/test splits (the paper: the ArXiv part of the Pile); empty uses
+# the offline default text.
 # MODEL_NAME empty trains the offline default (a small GPT-2 from scratch with the MiniLM tokenizer).
 # A small CPU run: see arxiv_lm/RESULTS.md.
 set -euo pipefail
@@ -19,7 +20,7 @@ ITERS=${ITERS:-10000}                    # optimizer steps (our choice; the pape
 TBS=${TBS:-32}                           # total batch: samples per optimizer step over all processes
 BS=${BS:-4}                              # samples per forward pass per process (GRAD_ACC = TBS / (BS * NP))
 LR=${LR:-1e-5}
-WEIGHT_DECAY=${WEIGHT_DECAY:-1e-3}       # AdamW, linear warm-up and clipping as the BABILong runs (SPEC §9)
+WEIGHT_DECAY=${WEIGHT_DECAY:-1e-3}       # AdamW, warm-up and clipping as BABILong (docs/design.md)
 SEED=${SEED:-42}
 SEGMENT_CHECKPOINTING=${SEGMENT_CHECKPOINTING:-0}  # 1: recompute segment activations in backward (memory of ~1 segment)
 RUN_N=${RUN_N:-1}

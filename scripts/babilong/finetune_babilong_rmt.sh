@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# RMT on a BABILong task (SPEC §6, §9) with the paper's setting: bert-base-cased, input 512, 10 memory tokens,
-# 499 * N task tokens, AdamW lr 1e-5 wd 1e-3, linear warm-up ITERS/10, total batch 32, clip value 5.0, validation
-# every ITERS/10, early stopping after 15 validations without improvement, exact_match. SEGMENTS is one segment
-# count or a list trained in turn as a curriculum (each stage from the previous stage's model_best.pth).
+# RMT on a BABILong task (docs/design.md, "BABILong data") with the paper's setting: bert-base-cased, input 512,
+# 10 memory tokens, 499 * N task tokens, AdamW lr 1e-5 wd 1e-3, linear warm-up ITERS/10, total batch 32, clip value
+# 5.0, validation every ITERS/10, early stopping after 15 validations without improvement, exact_match. SEGMENTS is
+# one segment count or a list trained in turn as a curriculum (each stage from the previous stage's model_best.pth).
 # Every variable below can be overridden from the environment; extra arguments go to
 # run_finetuning_babilong_rmt.py (e.g. --eval_n_segments 16,32). MODEL_NAME empty: the offline MiniLM backbone.
 # A small CPU run:  MODEL_NAME= NOISE_DATASET=default INPUT_SIZE=64 MEMORY_SIZE=4 ITERS=100 TBS=16 BS=16 LR=1e-4 \
