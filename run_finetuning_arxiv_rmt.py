@@ -43,8 +43,8 @@ from lm_experiments_tools.errors import BadInputError, RunFailure
 from lm_experiments_tools.offline_model import load_tokenizer, small_gpt2_config
 from lm_experiments_tools.run_folder import prepare_run_folder
 from lm_experiments_tools.runs import (RunArgs, build_backbone, eval_batches, exit_on_bad_input, exit_on_failure,
-                                       help_field, load_config, load_run_weights, make_trainer, parse_args, start_run,
-                                       train_batches, write_run_config)
+                                       help_field, load_config, load_run_weights, make_trainer, parse_args,
+                                       segment_checkpointing_option, start_run, train_batches, write_run_config)
 from lm_experiments_tools.utils import get_cls_by_name
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,8 @@ def build_model(args: ArxivArgs, tokenizer):
     backbone = build_backbone(args.backbone_cls, tokenizer, input_size=args.input_size, **source)
     cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens)
     model = get_cls_by_name(args.model_cls)(cell, segment_size=args.segment_size,
-                                             max_n_segments=args.max_n_segments, k2=args.bptt_segments)
+                                             max_n_segments=args.max_n_segments, k2=args.bptt_segments,
+                                             **segment_checkpointing_option(args))
     if args.model_cpt:
         load_run_weights(model, args.model_cpt)
     logger.info(f"model: {type(backbone).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters with "

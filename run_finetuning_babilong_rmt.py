@@ -57,8 +57,8 @@ from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.runs import (RunArgs, bptt_depth_from_segments, bptt_segments_from_depth, build_backbone,
                                        eval_batches, exit_on_bad_input, exit_on_failure, help_field, load_config,
-                                       load_run_weights, make_trainer, parse_args, start_run, train_batches,
-                                       write_run_config)
+                                       load_run_weights, make_trainer, parse_args, segment_checkpointing_option,
+                                       start_run, train_batches, write_run_config)
 from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer, offline_model_path, small_gpt2_config
 from lm_experiments_tools.run_folder import prepare_run_folder
 from lm_experiments_tools.utils import CONFIG_FILE, get_cls_by_name
@@ -236,14 +236,14 @@ def build_model(args: BabilongArgs, tokenizer, n_labels: int):
     if args.model_type == "encoder":
         return model_cls(backbone, args.num_mem_tokens, tokenizer, args.input_size, args.max_n_segments,
                          bptt_depth=bptt_depth_from_segments(args.bptt_segments), sum_loss=args.sum_loss,
-                         segment_alignment=args.segment_alignment)
+                         segment_alignment=args.segment_alignment, **segment_checkpointing_option(args))
     segment_size = args.input_size - 2 * args.num_mem_tokens
     if segment_size < 1:
         raise BadInputError(f"--input_size {args.input_size} leaves no tokens after 2 * {args.num_mem_tokens} "
                             "memory positions: expected input_size > 2 * num_mem_tokens")
     cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens)
     return model_cls(cell, segment_size, args.max_n_segments, k2=args.bptt_segments,
-                     segment_alignment=args.segment_alignment)
+                     segment_alignment=args.segment_alignment, **segment_checkpointing_option(args))
 
 
 # ---- lengths and data -----------------------------------------------------------------------------------------

@@ -70,6 +70,9 @@ class RunArgs:
     validate_only: bool = help_field(False, "Evaluate model_cpt, no training")
     num_valid_samples: int | None = help_field(None, "Validation samples; None: all")
     data_n_workers: int = help_field(0, "DataLoader worker processes")
+    segment_checkpointing: bool = help_field(
+        False, "Recompute each segment's activations in the backward pass: training memory of about one segment "
+               "whatever the number of segments, the same gradients, one more forward pass per segment")
 
     @property
     def bptt_segments(self) -> int:
@@ -85,6 +88,11 @@ class RunArgs:
 def bptt_segments_from_depth(bptt_depth: int) -> int:
     """Segments gradients flow through for `bptt_depth` memory transitions (-1: all): one more than transitions."""
     return FULL_BPTT if bptt_depth == FULL_BPTT else bptt_depth + 1
+
+
+def segment_checkpointing_option(args: RunArgs) -> dict:
+    """Wrapper keyword for --segment_checkpointing; empty when off, so custom wrapper classes need not know it."""
+    return {"segment_checkpointing": True} if args.segment_checkpointing else {}
 
 
 def bptt_depth_from_segments(bptt_segments: int) -> int:

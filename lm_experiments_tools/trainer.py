@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .batches import ForwardArgumentFilter, TrainBatchStream, batch_num_samples, move_to_device, split_batch
-from .checkpoint import (BEST_CHECKPOINT_NAME, apply_model_state, find_latest_checkpoint, iteration_checkpoint_name,
+from .checkpoint import (apply_model_state, find_latest_checkpoint, iteration_checkpoint_name,
                          load_checkpoint, save_checkpoint)
 from .errors import BadInputError, RunFailure
 from .metrics import MetricsAccumulator, loss_batch_metrics

@@ -1,7 +1,8 @@
 # Sourced by the launchers, after their variables: checks that the integer variables are integers (NP, ITERS, TBS
 # and BS positive; the others, where set, any integer: the run script checks their range) and sets
 # GRAD_ACC = TBS / (BS * NP). RESUME=1 / OVERWRITE=1 append --resume / --overwrite to the launcher's arguments
-# (continue the run in MODEL_PATH, or start it over deleting its checkpoints). Bad values stop with one line, exit 2.
+# (continue the run in MODEL_PATH, or start it over deleting its checkpoints); SEGMENT_CHECKPOINTING=1 appends
+# --segment_checkpointing (memory-bounded BPTT). Bad values stop with one line, exit 2.
 INTEGER_VARIABLES="VALID_INTERVAL WARMUP PATIENCE INPUT_SIZE MEMORY_SIZE MAX_N_SEGMENTS K2 SEED RUN_N
                    NUM_VALID_SAMPLES LOG_INTERVAL"
 for name in NP ITERS TBS BS; do
@@ -10,7 +11,7 @@ done
 for name in $INTEGER_VARIABLES; do
     [[ -z ${!name-} || ${!name} =~ ^-?[0-9]+$ ]] || { echo "error: $name=${!name}: expected an integer" >&2; exit 2; }
 done
-for name in RESUME OVERWRITE; do
+for name in RESUME OVERWRITE SEGMENT_CHECKPOINTING; do
     [[ ${!name:-0} =~ ^[01]$ ]] || { echo "error: $name=${!name}: expected 0 or 1" >&2; exit 2; }
 done
 if (( TBS % (BS * NP) != 0 )); then
@@ -19,3 +20,4 @@ fi
 GRAD_ACC=$(( TBS / (BS * NP) ))
 if (( ${RESUME:-0} )); then set -- "$@" --resume; fi
 if (( ${OVERWRITE:-0} )); then set -- "$@" --overwrite; fi
+if (( ${SEGMENT_CHECKPOINTING:-0} )); then set -- "$@" --segment_checkpointing; fi

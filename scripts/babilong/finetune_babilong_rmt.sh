@@ -25,6 +25,7 @@ TBS=${TBS:-32}                                # total batch: samples per optimiz
 BS=${BS:-8}                                   # samples per forward pass per process (GRAD_ACC = TBS / (BS * NP))
 RESUME=${RESUME:-0}                           # 1: continue the run in MODEL_PATH (--resume)
 OVERWRITE=${OVERWRITE:-0}                     # 1: start MODEL_PATH over, deleting its checkpoints (--overwrite)
+SEGMENT_CHECKPOINTING=${SEGMENT_CHECKPOINTING:-0}  # 1: recompute segment activations in backward (memory of ~1 segment)
 source "$REPO_ROOT/scripts/batch_setup.sh"    # checks the integers (before they are used), sets GRAD_ACC
 LR=${LR:-1e-5}
 WEIGHT_DECAY=${WEIGHT_DECAY:-1e-3}
