@@ -17,13 +17,17 @@ with the MiniLM tokenizer, so the script runs on a fresh CPU machine without dow
     torchrun --nproc_per_node=1 run_finetuning_arxiv_rmt.py --model_path runs/arxiv/rmt --input_size 128 \
         --num_mem_tokens 2 --max_n_segments 2 --batch_size 8 --iters 300 --lr 1e-3 --valid_interval 100
 
-Bad input (missing data, missing splits, input_size <= 2 * num_mem_tokens, a tokenizer without pad/eos
-fallback, ...) stops with a one-line message and exit code 2. What this script shares with
-run_finetuning_babilong_rmt.py (options, checks, backbone, `--model_cpt`, validation sharding, optimizer, Trainer,
-run folder) is in `lm_experiments_tools.runs`.
+A `--model_path` that already holds a run is refused unless `--resume` (continue it) or `--overwrite` (start over,
+deleting its checkpoints, events and results) is given. Every error ends with one line on stderr naming the cause
+and the log file that holds the traceback (error.log in the run folder): exit code 2 for bad input (missing data,
+missing splits, input_size <= 2 * num_mem_tokens, a tokenizer without pad/eos fallback, a checkpoint that does not
+load, ...), 1 for failures at run time (a full disk, non-finite weights or metrics, which are never written to
+results.json). What this script shares with run_finetuning_babilong_rmt.py (options, checks, backbone,
+`--model_cpt`, validation sharding, optimizer, Trainer, run folder) is in `lm_experiments_tools.runs`.
 """
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +39,12 @@ from arxiv_lm.data import SegmentCollator, SegmentDataset, tokenize_splits
 from arxiv_lm.metrics import block_nll, segment_metrics
 from lm_experiments_tools import Trainer, TrainerArgs, text_sources
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
-from lm_experiments_tools.errors import BadInputError
-from lm_experiments_tools.runs import (RunArgs, build_backbone, eval_batches, exit_on_bad_input,
-                                       help_field, load_config, load_run_weights, make_trainer, parse_args, start_run,
-                                       train_batches, write_run_config)
+from lm_experiments_tools.errors import BadInputError, RunFailure
 from lm_experiments_tools.offline_model import load_tokenizer, small_gpt2_config
+from lm_experiments_tools.run_folder import prepare_run_folder
+from lm_experiments_tools.runs import (RunArgs, build_backbone, eval_batches, exit_on_bad_input, exit_on_failure,
+                                       help_field, load_config, load_run_weights, make_trainer, parse_args,
+                                       segment_checkpointing_option, start_run, train_batches, write_run_config)
 from lm_experiments_tools.utils import get_cls_by_name
 
 logger = logging.getLogger(__name__)
@@ -123,7 +128,8 @@ def build_model(args: ArxivArgs, tokenizer):
     backbone = build_backbone(args.backbone_cls, tokenizer, input_size=args.input_size, **source)
     cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens)
     model = get_cls_by_name(args.model_cls)(cell, segment_size=args.segment_size,
-                                             max_n_segments=args.max_n_segments, k2=args.bptt_segments)
+                                             max_n_segments=args.max_n_segments, k2=args.bptt_segments,
+                                             **segment_checkpointing_option(args))
     if args.model_cpt:
         load_run_weights(model, args.model_cpt)
     logger.info(f"model: {type(backbone).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters with "
@@ -185,6 +191,9 @@ def setup(argv=None) -> ArxivRun:
     train, eval_loaders = build_batches(args, trainer_args, tokenized=tokenized, tokenizer=tokenizer, context=context)
     set_seed(trainer_args.seed)  # the same initial weights for runs that differ only in memory or input size
     model = build_model(args, tokenizer)
+    if not args.validate_only:
+        prepare_run_folder(trainer_args.model_path, resume=trainer_args.resume, overwrite=trainer_args.overwrite,
+                           is_main=context.is_main)
     write_run_config(trainer_args, args)
 
     def keep_for_metrics(batch, output):
@@ -212,6 +221,10 @@ def evaluate(run: ArxivRun, load_best: bool) -> dict:
     for name, loader in run.eval_loaders.items():
         # validation of the best weights is already in tensorboard from training; test is new there
         results[name] = run.trainer.validate(loader, split=name, write_tb=name == "test")
+        nonfinite = {metric: value for metric, value in results[name].items() if not math.isfinite(value)}
+        if nonfinite:
+            raise RunFailure(f"{name} metrics {nonfinite} of {checkpoint or 'the final weights'} are not finite: "
+                             f"not written to {RESULTS_FILE}")
     if run.context.is_main and model_path:
         (Path(model_path) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
         logger.info(f"results written to {Path(model_path) / RESULTS_FILE}")
@@ -219,16 +232,18 @@ def evaluate(run: ArxivRun, load_best: bool) -> dict:
 
 
 def main(argv=None) -> dict:
-    """Train (unless --validate_only) and evaluate; bad input ends with one line on stderr and exit code 2.
+    """Train (unless --validate_only) and evaluate; every error ends with one line on stderr, exit code 2 for bad
+    input and 1 for failures at run time.
 
     Returns:
         the results written to results.json.
     """
     with exit_on_bad_input():
         run = setup(argv)
-    if not run.args.validate_only:
-        run.trainer.train()
-    return evaluate(run, load_best=not run.args.validate_only)
+    with exit_on_failure(run.trainer_args.model_path):
+        if not run.args.validate_only:
+            run.trainer.train()
+        return evaluate(run, load_best=not run.args.validate_only)
 
 
 if __name__ == "__main__":

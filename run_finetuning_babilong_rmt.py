@@ -25,10 +25,16 @@ constant memory and a progress bar per sample.
         --batch_size 16 --iters 100 --lr 1e-4 --valid_interval 20 --save_best \
         --optimize_metric exact_match --optimize_mode max
 
-Bad input (a `--model_cpt` without model_best.pth or made with another num_mem_tokens or backbone, an
-input_seq_len that the segments cannot hold, ...) stops with a one-line message and exit code 2. What this script
-shares with run_finetuning_arxiv_rmt.py (options, checks, backbone, `--model_cpt`, validation sharding, optimizer,
-Trainer, run folder) is in `lm_experiments_tools.runs`; the metrics are in `babilong.metrics`.
+A `--model_path` that already holds a run is refused unless `--resume` (continue it; a curriculum skips the
+stages that finished, i.e. have their evaluation record) or `--overwrite` (start over, deleting its checkpoints,
+events and results) is given; `--validate_only` appends to a finished run's results.
+
+Every error ends with one line on stderr naming the cause and the log file that holds the traceback (error.log in
+the run folder): exit code 2 for bad input (flags, files, checkpoints, a `--model_cpt` made with another
+num_mem_tokens or backbone, an input_seq_len that the segments cannot hold, ...), 1 for failures at run time (a
+full disk, non-finite weights). What this script shares with run_finetuning_arxiv_rmt.py (options, checks,
+backbone, `--model_cpt`, validation sharding, optimizer, Trainer, run folder) is in `lm_experiments_tools.runs`;
+the metrics are in `babilong.metrics`.
 """
 import dataclasses
 import functools
@@ -46,13 +52,15 @@ from transformers import set_seed
 from babilong import BABILongDataset, PLACEMENTS, TASK_NAMES, decoder_collate, encoder_collate, get_task
 from babilong.dataset import GEN_TEXT, MODEL_TYPES
 from babilong.metrics import BabilongMetrics
-from babilong.results import append_result
+from babilong.results import RESULTS_FILE, append_result, read_results
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.runs import (RunArgs, bptt_depth_from_segments, bptt_segments_from_depth, build_backbone,
-                                       eval_batches, exit_on_bad_input, help_field, load_config, load_run_weights,
-                                       make_trainer, parse_args, start_run, train_batches, write_run_config)
+                                       eval_batches, exit_on_bad_input, exit_on_failure, help_field, load_config,
+                                       load_run_weights, make_trainer, parse_args, segment_checkpointing_option,
+                                       start_run, train_batches, write_run_config)
 from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer, offline_model_path, small_gpt2_config
+from lm_experiments_tools.run_folder import prepare_run_folder
 from lm_experiments_tools.utils import CONFIG_FILE, get_cls_by_name
 
 logger = logging.getLogger(__name__)
@@ -124,6 +132,8 @@ class BabilongArgs(RunArgs):
             counts = []
         if not counts or min(counts) < 1:
             raise BadInputError(f"--{option} {value!r}: expected comma-separated positive integers, e.g. 1,2,4")
+        if len(set(counts)) < len(counts):  # a repeated stage would train again into the same run folder
+            raise BadInputError(f"--{option} {value!r} repeats a segment count: expected distinct counts, e.g. 1,2,4")
         return counts
 
     def check(self, trainer_args) -> None:
@@ -132,13 +142,15 @@ class BabilongArgs(RunArgs):
             raise BadInputError(f"--model_type {self.model_type!r}: expected one of {', '.join(MODEL_TYPES)}")
         if self.task not in TASK_NAMES:
             raise BadInputError(f"--task {self.task!r}: expected one of {', '.join(TASK_NAMES)}")
-        for name in ("max_n_segments", "input_seq_len", "num_train_samples"):
+        for name in ("input_size", "max_n_segments", "input_seq_len", "num_train_samples", "max_n_facts"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise BadInputError(f"--{name} {value}: expected a positive integer")
         for name in ("num_mem_tokens", "show_valid_examples"):
             if getattr(self, name) < 0:
                 raise BadInputError(f"--{name} {getattr(self, name)}: expected an integer >= 0")
+        if self.bptt_depth < -1:
+            raise BadInputError(f"--bptt_depth {self.bptt_depth}: expected -1 (full BPTT) or an integer >= 0")
         self._check_stages(trainer_args.model_path)
         if self.model_cpt:
             check_checkpoint_config(self)
@@ -164,6 +176,20 @@ class Stage:
 
     n_segments: int
     input_seq_len: int
+
+
+def stage_folder(model_path: str | None, n_segments: int) -> Path | None:
+    """The run folder of the stage with `n_segments` segments (model_path's placeholder filled in)."""
+    return None if model_path is None else Path(model_path.replace(N_SEGMENTS_PLACEHOLDER, str(n_segments)))
+
+
+def is_evaluated(run_dir, *, n_segments: int, trained_n_segments: int) -> bool:
+    """Whether run_dir's results already hold the evaluation at n_segments of the model trained at
+    trained_n_segments (a finished curriculum stage, or one of its extra lengths)."""
+    path = Path(run_dir) / RESULTS_FILE
+    return path.is_file() and any(record.get("n_segments") == n_segments and
+                                  record.get("trained_n_segments") == trained_n_segments
+                                  for record in read_results(path))
 
 
 # ---- arguments ------------------------------------------------------------------------------------------------
@@ -210,14 +236,14 @@ def build_model(args: BabilongArgs, tokenizer, n_labels: int):
     if args.model_type == "encoder":
         return model_cls(backbone, args.num_mem_tokens, tokenizer, args.input_size, args.max_n_segments,
                          bptt_depth=bptt_depth_from_segments(args.bptt_segments), sum_loss=args.sum_loss,
-                         segment_alignment=args.segment_alignment)
+                         segment_alignment=args.segment_alignment, **segment_checkpointing_option(args))
     segment_size = args.input_size - 2 * args.num_mem_tokens
     if segment_size < 1:
         raise BadInputError(f"--input_size {args.input_size} leaves no tokens after 2 * {args.num_mem_tokens} "
                             "memory positions: expected input_size > 2 * num_mem_tokens")
     cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens)
     return model_cls(cell, segment_size, args.max_n_segments, k2=args.bptt_segments,
-                     segment_alignment=args.segment_alignment)
+                     segment_alignment=args.segment_alignment, **segment_checkpointing_option(args))
 
 
 # ---- lengths and data -----------------------------------------------------------------------------------------
@@ -269,6 +295,7 @@ class Experiment:
     tokenizer: object
     task: object
     context: object
+    run_folder: Path | None = None  # the stage being trained: where error.log goes
 
     @property
     def segment_size(self) -> int:
@@ -353,9 +380,9 @@ def train_stage(experiment: Experiment, stage: Stage, init_dir) -> Path:
         The stage's run folder (None when model_path is None).
     """
     args, model = experiment.args, experiment.model
-    model_path = experiment.trainer_args.model_path
-    if model_path is not None:
-        model_path = model_path.replace(N_SEGMENTS_PLACEHOLDER, str(stage.n_segments))
+    model_path = stage_folder(experiment.trainer_args.model_path, stage.n_segments)
+    experiment.run_folder = model_path
+    model_path = None if model_path is None else str(model_path)
     stage_trainer_args = dataclasses.replace(experiment.trainer_args, model_path=model_path,
                                              use_generate_on_valid=args.model_type == "decoder")
     stage_args = dataclasses.replace(args, model_cpt=None if init_dir is None else str(init_dir),
@@ -374,18 +401,33 @@ def train_stage(experiment: Experiment, stage: Stage, init_dir) -> Path:
 
 
 def run_curriculum(experiment: Experiment, stages: list, extra: list) -> None:
-    """Train each stage, evaluate its best checkpoint at its length, and the last one at the extra lengths."""
+    """Train each stage, evaluate its best checkpoint at its length, and the last one at the extra lengths.
+
+    With --resume, a stage whose evaluation record is in its results is finished: it is neither trained nor
+    evaluated again (its best checkpoint starts the next stage), so resuming is idempotent.
+    """
     init_dir = experiment.args.model_cpt
-    run_dir = None
+    resume = experiment.trainer_args.resume
+    run_dir = checkpoint = None
     for stage in stages:
-        run_dir = train_stage(experiment, stage, init_dir)
+        run_dir = stage_folder(experiment.trainer_args.model_path, stage.n_segments)
+        finished = resume and run_dir is not None and is_evaluated(
+            run_dir, n_segments=stage.n_segments, trained_n_segments=stage.n_segments)
+        if finished:
+            logger.info(f"stage {stage.n_segments} segments: finished in {run_dir}, skipped (--resume)")
+        else:
+            run_dir = train_stage(experiment, stage, init_dir)
         checkpoint = None
         if run_dir is not None and (run_dir / BEST_CHECKPOINT_NAME).is_file():
             checkpoint = load_run_weights(experiment.model, run_dir)
             init_dir = run_dir
-        evaluate(experiment, stage, checkpoint=checkpoint, results_dir=run_dir, trained_n_segments=stage.n_segments)
+        if not finished:
+            evaluate(experiment, stage, checkpoint=checkpoint, results_dir=run_dir,
+                     trained_n_segments=stage.n_segments)
     for stage in extra:
-        if stage != stages[-1]:
+        done = resume and run_dir is not None and is_evaluated(
+            run_dir, n_segments=stage.n_segments, trained_n_segments=stages[-1].n_segments)
+        if stage != stages[-1] and not done:
             evaluate(experiment, stage, checkpoint=checkpoint, results_dir=run_dir,
                      trained_n_segments=stages[-1].n_segments)
 
@@ -402,6 +444,7 @@ def validate_checkpoint(experiment: Experiment, stages: list, extra: list) -> No
     args = experiment.args
     checkpoint = load_run_weights(experiment.model, args.model_cpt)
     results_dir = experiment.trainer_args.model_path or args.model_cpt
+    experiment.run_folder = Path(results_dir)
     write_run_config(experiment.trainer_args, args)
     for stage in extra or stages:
         evaluate(experiment, stage, checkpoint=checkpoint, results_dir=results_dir,
@@ -421,6 +464,10 @@ def setup(argv=None) -> tuple:
         load_run_weights(model, args.model_cpt)  # refuses weights of another shape before any time is spent
     experiment = Experiment(args, trainer_args, model, tokenizer, task, context)
     experiment.valid_batches(stages[0])  # the background loads and the first sample builds, or fails
+    if not args.validate_only:  # every stage's folder, before the first one trains
+        for stage in stages:
+            prepare_run_folder(stage_folder(trainer_args.model_path, stage.n_segments),
+                               resume=trainer_args.resume, overwrite=trainer_args.overwrite, is_main=context.is_main)
     logger.info(f"{args.task} ({args.model_type}): {type(model).__name__} around {backbone_name(vars(args))}, "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters, segment size {model.segment_size}, "
                 f"{args.num_mem_tokens} memory tokens, stages {[s.n_segments for s in stages]}")
@@ -428,13 +475,15 @@ def setup(argv=None) -> tuple:
 
 
 def main(argv=None):
-    """Train the curriculum (or evaluate --model_cpt); bad input ends with one line on stderr and exit code 2."""
+    """Train the curriculum (or evaluate --model_cpt); every error ends with one line on stderr, exit code 2 for
+    bad input and 1 for failures at run time."""
     with exit_on_bad_input():
         experiment, stages, extra = setup(argv)
-    if experiment.args.validate_only:
-        validate_checkpoint(experiment, stages, extra)
-    else:
-        run_curriculum(experiment, stages, extra)
+    with exit_on_failure(lambda: experiment.run_folder):
+        if experiment.args.validate_only:
+            validate_checkpoint(experiment, stages, extra)
+        else:
+            run_curriculum(experiment, stages, extra)
 
 
 if __name__ == "__main__":

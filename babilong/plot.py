@@ -98,6 +98,12 @@ def plot_lines(lines: dict, output, title: str = "") -> Path:
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
+    return save_figure(figure, output)
+
+
+def save_figure(figure, output) -> Path:
+    """Write a matplotlib figure as a PNG (creating its folder) and close it; returns the file."""
+    from matplotlib import pyplot as plt
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=120, bbox_inches="tight")

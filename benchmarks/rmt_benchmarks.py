@@ -1,15 +1,20 @@
-"""CPU benchmarks of the encoder memory wrapper on a MiniLM-size backbone (issue 3).
+"""CPU benchmarks of the memory wrappers (issues 3 and 13; docs/design.md, memory wrappers).
 
 - overhead: RMT forward over 16 segments vs 16 bare backbone calls on the same segment tensors (no grad);
 - memory: peak RSS of no-grad inference at 8 ... 256 segments, one subprocess per setting;
-- training: peak RSS and time per segment of forward + backward with full BPTT at 1, 2, 4, 8 segments.
+- training: peak RSS and time per segment of forward + backward with full BPTT at 1, 2, 4, 8 segments;
+- checkpointing: side by side, full BPTT vs `segment_checkpointing=True`, peak RSS and time per segment of one
+  training step at 1 ... 32 segments, for the encoder and for a GPT-2-small-size decoder; one subprocess per
+  setting and repeat, repeats interleaved (full, checkpointed, full, ...), median times.
 
-The backbone is the offline MiniLM config (6 layers, hidden 384) with random weights: speed and memory do not
-depend on the weights. Usage: python benchmarks/rmt_benchmarks.py [--which all|overhead|memory|training]
+The encoder backbone is the offline MiniLM config (6 layers, hidden 384), the decoder a GPT-2 small config (12
+layers, hidden 768, vocabulary 50257), both with random weights: speed and memory do not depend on the weights.
+Usage: python benchmarks/rmt_benchmarks.py [--which all|overhead|memory|training|checkpointing]
 """
 import argparse
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -20,11 +25,13 @@ import torch
 INPUT_SIZE = 512
 NUM_MEM_TOKENS = 10
 FIRST_CONTENT_ID = 1000  # random tokens from here on avoid [CLS]/[SEP]/[PAD] and [unused] ids
+DECODER_MEM_TOKENS = 2  # the paper's ArXiv setting; its segment is decoder_input_size - 2 * 2 tokens
+MODELS = ("encoder", "decoder")
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--which", choices=["all", "overhead", "memory", "training"], default="all",
+    parser.add_argument("--which", choices=["all", "overhead", "memory", "training", "checkpointing"], default="all",
                         help="which benchmark to run (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default: 1)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of the overhead benchmark (default: 5)")
@@ -32,11 +39,29 @@ def parse_args(argv=None):
                         help="segment counts of the inference-memory benchmark (default: 8 32 256)")
     parser.add_argument("--training_segments", type=int, nargs="+", default=[1, 2, 4, 8],
                         help="segment counts of the training benchmark (default: 1 2 4 8)")
+    parser.add_argument("--checkpointing_segments", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32],
+                        help="segment counts of the checkpointing benchmark (default: 1 2 4 8 16 32)")
+    parser.add_argument("--checkpointing_models", choices=MODELS, nargs="+", default=list(MODELS),
+                        help="wrappers of the checkpointing benchmark (default: encoder decoder)")
+    parser.add_argument("--checkpointing_repeats", type=int, default=2,
+                        help="interleaved repeats of each setting of the checkpointing benchmark (default: 2)")
+    parser.add_argument("--full_bptt_max_segments", type=int, default=32,
+                        help="largest segment count of the full-BPTT baseline, to stay within the machine's memory; "
+                             "larger counts run with checkpointing only (default: 32)")
+    parser.add_argument("--decoder_input_size", type=int, default=128,
+                        help="decoder tokens per forward pass, 2 memory tokens read and written included (default: "
+                             "128, the paper's small ArXiv setting)")
     parser.add_argument("--worker", choices=["inference", "training"], help=argparse.SUPPRESS)
     parser.add_argument("--n_segments", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", choices=MODELS, default="encoder", help=argparse.SUPPRESS)
+    parser.add_argument("--segment_checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--warmup", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.repeats < 1 or min(args.memory_segments + args.training_segments) < 1:
-        parser.error("--threads, --repeats and segment counts must be >= 1")
+    counts = args.memory_segments + args.training_segments + args.checkpointing_segments
+    if min(args.threads, args.repeats, args.checkpointing_repeats, args.full_bptt_max_segments, *counts) < 1:
+        parser.error("--threads, repeats and segment counts must be >= 1")
+    if args.decoder_input_size <= 2 * DECODER_MEM_TOKENS:
+        parser.error(f"--decoder_input_size must exceed {2 * DECODER_MEM_TOKENS} (the memory tokens)")
     return args
 
 
@@ -54,7 +79,7 @@ def reset_peak_rss():
         clear_refs.write("5")
 
 
-def build_wrapper(max_n_segments):
+def build_wrapper(max_n_segments, segment_checkpointing=False):
     """RMT encoder (input 512, 10 memory tokens) around a randomly initialised MiniLM-size BERT classifier."""
     from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
 
@@ -66,7 +91,39 @@ def build_wrapper(max_n_segments):
     torch.manual_seed(0)
     model = BertForSequenceClassification(config)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return RMTEncoderForSequenceClassification(model, NUM_MEM_TOKENS, tokenizer, INPUT_SIZE, max_n_segments)
+    return RMTEncoderForSequenceClassification(model, NUM_MEM_TOKENS, tokenizer, INPUT_SIZE, max_n_segments,
+                                               segment_checkpointing=segment_checkpointing)
+
+
+def build_decoder(max_n_segments, input_size, segment_checkpointing=False):
+    """RMT decoder (2 memory tokens) around a randomly initialised GPT-2 small (12 x 768, vocabulary 50257)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from modeling_rmt import MemoryCell, RecurrentWrapper
+
+    torch.manual_seed(0)
+    cell = MemoryCell(GPT2LMHeadModel(GPT2Config()), DECODER_MEM_TOKENS)
+    return RecurrentWrapper(cell, input_size - 2 * DECODER_MEM_TOKENS, max_n_segments,
+                            segment_checkpointing=segment_checkpointing)
+
+
+def training_step(args, n_segments):
+    """A function that runs one forward + backward step over `n_segments` full segments (batch 1)."""
+    if args.model == "decoder":
+        wrapper = build_decoder(n_segments, args.decoder_input_size, args.segment_checkpointing).train()
+        generator = torch.Generator().manual_seed(n_segments)
+        vocab_size = wrapper.memory_cell.model.config.vocab_size
+
+        def step(count):
+            input_ids = torch.randint(vocab_size, (1, count * wrapper.segment_size), generator=generator)
+            # the Trainer needs only the loss: no (B, T, V) logits kept across segments
+            wrapper(input_ids=input_ids, labels=input_ids, return_logits=False).loss.backward()
+    else:
+        wrapper = build_wrapper(n_segments, args.segment_checkpointing).train()
+
+        def step(count):
+            wrapper(random_input(wrapper, count), labels=torch.zeros(1, dtype=torch.long)).loss.backward()
+    return step
 
 
 def random_input(wrapper, n_segments, batch_size=1):
@@ -128,25 +185,30 @@ def run_overhead(args):
 def worker(args):
     """Measure one setting in this process and print one JSON line."""
     torch.set_num_threads(args.threads)
-    wrapper = build_wrapper(args.n_segments)
-    input_ids = random_input(wrapper, args.n_segments)
-    labels = torch.zeros(1, dtype=torch.long)
+    if args.worker == "inference":
+        wrapper = build_wrapper(args.n_segments).eval()
+        input_ids = random_input(wrapper, args.n_segments)
+
+        def step(count):
+            with torch.no_grad():
+                wrapper(input_ids, labels=torch.zeros(1, dtype=torch.long))
+    else:
+        step = training_step(args, args.n_segments)
+    if args.warmup:
+        step(1)  # first-call costs (thread pools, allocator growth) out of the measured step
     reset_peak_rss()
     rss_before = process_memory_mib("VmRSS")
-    start = time.perf_counter()
-    if args.worker == "inference":
-        with torch.no_grad():
-            wrapper.eval()(input_ids, labels=labels)
-    else:
-        wrapper.train()(input_ids, labels=labels).loss.backward()
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time_call(lambda: step(args.n_segments))
     print(json.dumps({"n_segments": args.n_segments, "peak_rss_mib": process_memory_mib("VmHWM"),
-                      "setup_rss_mib": rss_before, "seconds": seconds}))
+                      "setup_rss_mib": rss_before, "seconds": seconds, "cpu_seconds": cpu_seconds}))
 
 
-def measure_in_subprocess(kind, n_segments, threads):
-    command = [sys.executable, __file__, "--worker", kind, "--n_segments", str(n_segments), "--threads", str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+def measure_in_subprocess(kind, n_segments, threads, extra=()):
+    command = [sys.executable, __file__, "--worker", kind, "--n_segments", str(n_segments), "--threads", str(threads),
+               *extra]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"benchmark worker {' '.join(command[2:])} failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -174,6 +236,82 @@ def run_training(args):
     measure_table("training", args.training_segments, args.threads, "Training: forward + backward, full BPTT")
 
 
+def available_memory_mib():
+    with open("/proc/meminfo") as meminfo:
+        return next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable:")) / 1024
+
+
+def full_bptt_fits(runs, n):
+    """Whether full BPTT at n segments is expected to fit in 80% of the available memory, extrapolating linearly
+    from the two largest full-BPTT runs so far (True while there are fewer than two)."""
+    done = sorted((count, max(r["peak_rss_mib"] for r in rows)) for (ckpt, count), rows in runs.items() if not ckpt)
+    if len(done) < 2:
+        return True
+    (n0, peak0), (n1, peak1) = done[-2:]
+    expected = peak1 + (n - n1) * (peak1 - peak0) / (n1 - n0)
+    return expected < 0.8 * available_memory_mib()
+
+
+def machine_load():
+    """'load average 1 / 5 / 15 min, available memory' of this machine, for the record beside timings."""
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"load average {load}, {available_memory_mib() / 1024:.1f} GiB available"
+
+
+def checkpointing_runs(args, model):
+    """{(segment_checkpointing, n): [worker results]}, repeats interleaved: each round runs every setting once."""
+    runs = {}
+    for repeat in range(args.checkpointing_repeats):
+        for n in args.checkpointing_segments:
+            for checkpointed in (False, True):
+                if not checkpointed and (n > args.full_bptt_max_segments or not full_bptt_fits(runs, n)):
+                    print(f"  [{model} n={n} full BPTT] skipped: above --full_bptt_max_segments or expected not to "
+                          f"fit in memory; {machine_load()}", flush=True)
+                    continue
+                extra = ["--model", model, "--decoder_input_size", str(args.decoder_input_size), "--warmup"]
+                extra += ["--segment_checkpointing"] if checkpointed else []
+                row = measure_in_subprocess("training", n, args.threads, extra)
+                runs.setdefault((checkpointed, n), []).append(row)
+                print(f"  [{model} n={n} checkpointing={checkpointed} repeat {repeat + 1}] "
+                      f"peak {row['peak_rss_mib']:.0f} MiB, {row['cpu_seconds'] / n:.3f} CPU s/segment "
+                      f"({row['seconds'] / n:.3f} wall); {machine_load()}",
+                      flush=True)
+    return runs
+
+
+def print_checkpointing_table(args, model, runs):
+    """One row per segment count: peak RSS and median s/segment of both, with the checkpointing/full ratios."""
+    def summary(checkpointed, n):
+        rows = runs.get((checkpointed, n))
+        if not rows:
+            return None
+        return max(r["peak_rss_mib"] for r in rows), statistics.median(r["cpu_seconds"] / n for r in rows)
+
+    tokens = INPUT_SIZE - NUM_MEM_TOKENS - 3 if model == "encoder" else args.decoder_input_size - 2 * DECODER_MEM_TOKENS
+    print(f"\n## Training step, {model}, batch 1, {tokens} tokens per segment: full BPTT vs segment_checkpointing "
+          f"(peak RSS = VmHWM, max over {args.checkpointing_repeats} interleaved repeats; s/segment = median CPU "
+          "seconds of the process, less disturbed by other jobs than wall time)")
+    print("| segments | full peak MiB | ckpt peak MiB | ckpt / full peak | ckpt peak / ckpt 1-segment peak | "
+          "full s/seg | ckpt s/seg | ckpt / full time |\n|---|---|---|---|---|---|---|---|")
+    first = summary(True, args.checkpointing_segments[0])
+    for n in args.checkpointing_segments:
+        full, ckpt = summary(False, n), summary(True, n)
+        cells = [f"{full[0]:.0f}" if full else "not run (memory)", f"{ckpt[0]:.0f}",
+                 f"{ckpt[0] / full[0]:.2f}" if full else "-", f"{ckpt[0] / first[0]:.2f}",
+                 f"{full[1]:.3f}" if full else "-", f"{ckpt[1]:.3f}", f"{ckpt[1] / full[1]:.2f}" if full else "-"]
+        print(f"| {n} | " + " | ".join(cells) + " |")
+    last = args.checkpointing_segments[-1]
+    print(f"{model}: checkpointed peak at {last} / at {args.checkpointing_segments[0]} segments = "
+          f"{summary(True, last)[0] / first[0]:.2f} (target <= 1.5)", flush=True)
+
+
+def run_checkpointing(args):
+    print(f"\nmachine before the checkpointing benchmark: {machine_load()}")
+    for model in args.checkpointing_models:
+        print_checkpointing_table(args, model, checkpointing_runs(args, model))
+    print(f"machine after: {machine_load()}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.worker:
@@ -188,6 +326,8 @@ def main(argv=None):
         run_memory(args)
     if args.which in ("all", "training"):
         run_training(args)
+    if args.which in ("all", "checkpointing"):
+        run_checkpointing(args)
 
 
 if __name__ == "__main__":

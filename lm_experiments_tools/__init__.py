@@ -2,7 +2,7 @@
 
 `from lm_experiments_tools import Trainer, TrainerArgs`; see README-lm-tools.txt.
 """
-from .trainer import NonFiniteLossError, Trainer
+from .trainer import NonFiniteLossError, NonFiniteWeightsError, Trainer
 from .trainer_args import TrainerArgs
 
-__all__ = ["Trainer", "TrainerArgs", "NonFiniteLossError"]
+__all__ = ["Trainer", "TrainerArgs", "NonFiniteLossError", "NonFiniteWeightsError"]

@@ -9,6 +9,8 @@ One rule for the special tokens every family needs (`ensure_pad_and_eos`): the e
 to the separator (BERT-style tokenizers have [SEP] but no eos), and padding falls back to the end-of-document
 token (GPT-2 has no pad token). Padding is always masked, so its id only has to exist.
 """
+from pathlib import Path
+
 from transformers import AutoTokenizer, GPT2Config
 
 from lm_experiments_tools.errors import BadInputError
@@ -44,6 +46,9 @@ def ensure_pad_and_eos(tokenizer):
 
 def load_tokenizer(name=None):
     """The tokenizer `name` (hub name or folder), the offline MiniLM one when None, with pad and eos tokens."""
+    if name and (Path(name).is_absolute() or name.startswith(("./", "../"))) and not Path(name).exists():
+        # a missing folder: transformers would report it as a malformed hub repo id
+        raise BadInputError(f"tokenizer {name!r} not found: expected a tokenizer folder or a hub name")
     return ensure_pad_and_eos(AutoTokenizer.from_pretrained(name or offline_model_path()))
 
 

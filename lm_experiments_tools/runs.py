@@ -7,22 +7,24 @@ method for the checks only it knows), builds its own data and metrics, and takes
         trainer_args, args = parse_args(MyArgs, argv)
         context = start_run(trainer_args)
         ...
+        prepare_run_folder(trainer_args.model_path, resume=..., overwrite=..., is_main=...)
         trainer = make_trainer(trainer_args, args, model=..., train=..., valid=..., metrics_fn=...)
-    trainer.train()
+    with exit_on_failure(trainer_args.model_path):
+        trainer.train()
 
-Checks of the options live in one place (`check_args`, which calls the script's `check`), and one context
-manager (`exit_on_bad_input`) turns bad input into one line on stderr and exit code 2, so that a script never
-shows a traceback for a mistake in its command line.
+Checks of the options live in one place (`check_args`, which calls the script's `check`). Two context managers
+turn every error into one line on stderr (the traceback goes to error.log in the run folder): `exit_on_bad_input`
+around the setup, where a ValueError or OSError is the user's (exit code 2), and `exit_on_failure` around training
+and evaluation, where only `BadInputError` is (exit code 2) and anything else is a failure (exit code 1).
 
 Truncated BPTT is counted in segments inside the code (`RunArgs.bptt_segments`: gradients flow through the
 last that many segments, `FULL_BPTT` for all); the user-facing flags keep their names (`--k2` counts segments,
 `--bptt_depth` counts memory transitions, one fewer) and are converted once, by `bptt_segments_from_depth`.
 """
-import contextlib
 import dataclasses
 import json
 import logging
-import sys
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +33,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subs
 from transformers import AutoConfig, HfArgumentParser
 
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME, CheckpointError, load_model_weights
-from lm_experiments_tools.errors import BAD_INPUT_EXIT_CODE, BadInputError
+from lm_experiments_tools.errors import BadInputError
+from lm_experiments_tools.run_folder import exit_with_one_line, raise_on_parse_errors
 from lm_experiments_tools.trainer import Trainer
 from lm_experiments_tools.trainer_args import TrainerArgs
 from lm_experiments_tools.utils import get_cls_by_name, get_optimizer, init_distributed, prepare_run
@@ -39,6 +42,7 @@ from lm_experiments_tools.utils import get_cls_by_name, get_optimizer, init_dist
 logger = logging.getLogger(__name__)
 
 FULL_BPTT = -1  # gradients flow through every segment
+SETUP_BAD_INPUT = (ValueError, OSError)  # before training, a value that does not work or a missing file is the user's
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -66,6 +70,9 @@ class RunArgs:
     validate_only: bool = help_field(False, "Evaluate model_cpt, no training")
     num_valid_samples: int | None = help_field(None, "Validation samples; None: all")
     data_n_workers: int = help_field(0, "DataLoader worker processes")
+    segment_checkpointing: bool = help_field(
+        False, "Recompute each segment's activations in the backward pass: training memory of about one segment "
+               "whatever the number of segments, the same gradients, one more forward pass per segment")
 
     @property
     def bptt_segments(self) -> int:
@@ -83,6 +90,11 @@ def bptt_segments_from_depth(bptt_depth: int) -> int:
     return FULL_BPTT if bptt_depth == FULL_BPTT else bptt_depth + 1
 
 
+def segment_checkpointing_option(args: RunArgs) -> dict:
+    """Wrapper keyword for --segment_checkpointing; empty when off, so custom wrapper classes need not know it."""
+    return {"segment_checkpointing": True} if args.segment_checkpointing else {}
+
+
 def bptt_depth_from_segments(bptt_segments: int) -> int:
     """Memory transitions gradients flow through when they flow through `bptt_segments` segments (-1: all)."""
     return FULL_BPTT if bptt_segments == FULL_BPTT else bptt_segments - 1
@@ -93,6 +105,8 @@ def check_args(args: RunArgs, trainer_args: TrainerArgs) -> None:
     if args.from_pretrained and args.model_cfg:
         raise BadInputError(f"--from_pretrained {args.from_pretrained!r} and --model_cfg {args.model_cfg!r}: "
                             "expected at most one")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise BadInputError(f"--weight_decay {args.weight_decay}: expected a finite number >= 0")
     if args.num_valid_samples is not None and args.num_valid_samples < 1:
         raise BadInputError(f"--num_valid_samples {args.num_valid_samples}: expected a positive integer")
     if args.data_n_workers < 0:
@@ -112,20 +126,22 @@ def check_args(args: RunArgs, trainer_args: TrainerArgs) -> None:
 
 def parse_args(args_cls: type, argv=None) -> tuple:
     """(TrainerArgs, args_cls instance) from the command line, checked; unknown flags exit with code 2."""
-    parser = HfArgumentParser((TrainerArgs, args_cls))
+    parser = raise_on_parse_errors(HfArgumentParser((TrainerArgs, args_cls)))
     trainer_args, args = parser.parse_args_into_dataclasses(args=argv)
     check_args(args, trainer_args)
     return trainer_args, args
 
 
-@contextlib.contextmanager
 def exit_on_bad_input():
-    """Bad input raised inside (ValueError, OSError) ends the process with one line on stderr and exit code 2."""
-    try:
-        yield
-    except (ValueError, OSError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(BAD_INPUT_EXIT_CODE)
+    """Context of the setup stage: any error inside ends the process with one line on stderr, exit code 2 for bad
+    input (including a ValueError or OSError: a value that does not work, a missing file), 1 otherwise."""
+    return exit_with_one_line(bad_input=SETUP_BAD_INPUT)
+
+
+def exit_on_failure(run_folder):
+    """Context of the training and evaluation stage: one line on stderr, exit code 2 for `BadInputError` (a
+    checkpoint file that does not load), 1 for anything else; the traceback goes to run_folder()/error.log."""
+    return exit_with_one_line(run_folder)
 
 
 def start_run(trainer_args: TrainerArgs):
@@ -146,7 +162,11 @@ def load_config(model_cfg: str):
     """A transformers config from a .json file (with model_type) or a folder."""
     path = Path(model_cfg)
     if path.is_file():
-        values = json.loads(path.read_text())
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise BadInputError(f"--model_cfg {model_cfg!r} is not JSON ({error}): expected a transformers config "
+                                "file") from error
         if "model_type" not in values:
             raise BadInputError(f"--model_cfg {model_cfg!r} has no model_type: expected a transformers config file")
         return AutoConfig.for_model(values.pop("model_type"), **values)

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 import signal
 import threading
 import time
@@ -29,10 +30,12 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .batches import ForwardArgumentFilter, TrainBatchStream, batch_num_samples, move_to_device, split_batch
-from .checkpoint import (BEST_CHECKPOINT_NAME, apply_model_state, find_latest_checkpoint, iteration_checkpoint_name,
+from .checkpoint import (apply_model_state, find_latest_checkpoint, iteration_checkpoint_name,
                          load_checkpoint, save_checkpoint)
+from .errors import BadInputError, RunFailure
 from .metrics import MetricsAccumulator, loss_batch_metrics
 from .rng import get_rng_state, set_rng_state, set_seed
+from .run_folder import check_writable
 from .trainer_args import TrainerArgs
 from .utils import init_distributed
 
@@ -42,8 +45,13 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 TENSORBOARD_QUEUE_SIZE = 1000
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailure):
     """Too many consecutive steps had a non-finite loss or gradient norm."""
+
+
+class NonFiniteWeightsError(RunFailure):
+    """The model holds NaN or infinite weights, or gives a non-finite validation loss: its metrics would be
+    meaningless and its checkpoints useless."""
 
 
 @dataclasses.dataclass
@@ -143,10 +151,10 @@ class Trainer:
         if self.args.use_lr_drop and self.valid_dataloader is None:
             raise ValueError("use_lr_drop needs validation data: expected a valid_dataloader")
         if self.args.init_checkpoint is not None and not Path(self.args.init_checkpoint).is_file():
-            raise ValueError(f"init_checkpoint={self.args.init_checkpoint!r} does not exist: expected a "
-                             f"checkpoint file")
+            raise BadInputError(f"init_checkpoint={self.args.init_checkpoint!r} does not exist: expected a "
+                                f"checkpoint file")
         if self.args.model_path is not None:
-            _check_writable(Path(self.args.model_path))
+            check_writable(Path(self.args.model_path))
         if self.valid_dataloader is None and (self.args.save_best or self.args.early_stopping_patience):
             logger.warning("save_best / early_stopping_patience have no effect without a valid_dataloader")
 
@@ -174,7 +182,7 @@ class Trainer:
         """Load what `resume` or `init_checkpoint` asks for; True when resuming a run exactly."""
         args = self.args
         if args.resume:
-            latest = find_latest_checkpoint(args.model_path)
+            latest = find_latest_checkpoint(args.model_path, loadable=True)  # skips damaged files, warning
             if latest is not None:
                 self._log(f"resuming from {latest}")
                 self.load(latest)
@@ -419,7 +427,13 @@ class Trainer:
         Returns:
             {metric: float}, the same on every process.
         """
+        self._check_finite_weights(f"before {split} validation")
         metrics = self._evaluate(dataloader, split)
+        if not math.isfinite(metrics.get("loss", 0.0)):  # finite but huge weights overflow in the forward pass
+            raise NonFiniteWeightsError(
+                f"non-finite {split} loss ({metrics['loss']}) at step {self.n_iter}: the model's outputs overflow, "
+                f"training diverged (lr {self.optimizer.param_groups[0]['lr']:.3g}) or the loaded weights are bad; "
+                f"nothing recorded")
         if write_tb:
             self._write_scalars(metrics, split)
         shown = " | ".join(f"{name} {value:.4g}" for name, value in metrics.items())
@@ -490,6 +504,20 @@ class Trainer:
             return True
         return False
 
+    def _check_finite_weights(self, when: str) -> None:
+        """Refuse to report metrics of, or save, a model with NaN/inf weights (one pass over the weights).
+
+        Steps with a non-finite loss are skipped, so a diverged update (e.g. an infinite lr) leaves such weights in
+        place; a run shorter than max_nonfinite_steps would otherwise end with plausible-looking numbers.
+        """
+        bad = next((name for name, tensor in self.model.state_dict().items()
+                    if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+        if bad is not None:
+            raise NonFiniteWeightsError(
+                f"non-finite weights at step {self.n_iter} {when} (first: {bad}): training diverged (lr "
+                f"{self.optimizer.param_groups[0]['lr']:.3g}) or the loaded weights were already bad; nothing recorded "
+                f"or saved")
+
     # ---- checkpoints -------------------------------------------------------------------------------------------
     def save(self, path, suffix: str = "", metrics: dict | None = None) -> Path | None:
         """Write a checkpoint `path/model_{suffix}.pth` (`path/model_{n_iter}.pth` without suffix).
@@ -504,6 +532,7 @@ class Trainer:
         Returns:
             The file written on rank 0, else None.
         """
+        self._check_finite_weights("before saving a checkpoint")
         state = self._checkpoint_state(metrics)
         if suffix == "":
             self._last_save_step = self.n_iter
@@ -588,17 +617,3 @@ class Trainer:
         self.nonfinite_streak = checkpoint.get("nonfinite_streak", 0)
         if checkpoint.get("data_position") is not None:
             self._restore_point = (checkpoint["data_position"], checkpoint.get("rng_states"))
-
-
-
-def _check_writable(folder: Path) -> None:
-    """Create `folder` and prove a file can be written there, before any training time is spent."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_test_{threading.get_native_id()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise ValueError(f"model_path={str(folder)!r} is not writable ({error.strerror}): expected a folder "
-                         f"this process can create files in") from error
-

@@ -6,14 +6,26 @@ built with `batch_size=args.batch_size * args.gradient_accumulation_steps`; the 
 batches into sub-batches of `batch_size`.
 """
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from transformers import SchedulerType
+
+from .errors import BadInputError
 
 # The plateau schedule needs the validation metric at each step: it is offered as `use_lr_drop` instead.
 STEP_LR_SCHEDULERS = tuple(s.value for s in SchedulerType if s != SchedulerType.REDUCE_ON_PLATEAU)
 OPTIMIZE_MODES = ("min", "max")
 THRESHOLD_MODES = ("rel", "abs")
+# smallest allowed value of each integer option; those marked optional may also be None
+INTEGER_MINIMUMS = {"log_interval": 1, "batch_size": 1, "iters": 0, "gradient_accumulation_steps": 1,
+                    "num_warmup_steps": 0, "lr_drop_patience": 0, "lr_drop_cooldown": 0, "seed": 0,
+                    "max_nonfinite_steps": 1}
+OPTIONAL_INTEGER_MINIMUMS = {"valid_interval": 1, "save_interval": 1, "early_stopping_patience": 1,
+                             "num_training_steps": 1}
+OPTIONAL_POSITIVE_FLOATS = ("lr", "clip_grad_norm", "clip_grad_value")
+NON_NEGATIVE_FLOATS = ("lr_drop_threshold", "lr_drop_min_lr", "lr_drop_eps")
+MAX_SEED = 2**32 - 1  # NumPy's limit; the seed of process r is seed + r
 
 
 def _help(default, text: str):
@@ -49,6 +61,9 @@ class TrainerArgs:
     resume: bool = _help(
         False, "Continue from the newest checkpoint in model_path (exactly: data position and random states "
                "included); starts from scratch (or init_checkpoint) if model_path has none")
+    overwrite: bool = _help(
+        False, "Start over in a model_path that holds a run, deleting its checkpoints, events and results (the "
+               "entry scripts refuse such a folder without resume or overwrite; see lm_experiments_tools.run_folder)")
     lr: float | None = _help(
         None, "Learning rate set on every optimizer param group; None keeps the optimizer's own")
     batch_size: int = _help(
@@ -94,30 +109,44 @@ class TrainerArgs:
         self.validate()
 
     def validate(self) -> None:
-        """Check the options that make sense on their own; raise ValueError naming the bad value."""
-        for name in ("batch_size", "gradient_accumulation_steps", "log_interval", "max_nonfinite_steps"):
-            _require_at_least(name, getattr(self, name), 1)
-        for name in ("valid_interval", "save_interval", "early_stopping_patience", "num_training_steps"):
-            if getattr(self, name) is not None:
-                _require_at_least(name, getattr(self, name), 1)
-        _require_at_least("iters", self.iters, 0)
-        _require_at_least("num_warmup_steps", self.num_warmup_steps, 0)
+        """Check the options that make sense on their own; raise BadInputError naming the bad value."""
+        self._validate_numbers()
         if self.clip_grad_norm is not None and self.clip_grad_value is not None:
-            raise ValueError(f"clip_grad_norm={self.clip_grad_norm} and clip_grad_value={self.clip_grad_value} "
-                             f"are both set: expected at most one of them")
+            raise BadInputError(f"clip_grad_norm={self.clip_grad_norm} and clip_grad_value={self.clip_grad_value} "
+                                f"are both set: expected at most one of them")
         if self.fp16 and self.bf16:
-            raise ValueError("fp16 and bf16 are both set: expected at most one of them")
+            raise BadInputError("fp16 and bf16 are both set: expected at most one of them")
         _require_choice("optimize_mode", self.optimize_mode, OPTIMIZE_MODES)
         _require_choice("lr_drop_threshold_mode", self.lr_drop_threshold_mode, THRESHOLD_MODES)
         if self.lr_scheduler is not None:
             _require_choice("lr_scheduler", self.lr_scheduler, STEP_LR_SCHEDULERS)
             if self.lr is None:
-                raise ValueError(f"lr_scheduler={self.lr_scheduler!r} needs lr: expected a value for lr")
+                raise BadInputError(f"lr_scheduler={self.lr_scheduler!r} needs lr: expected a value for lr")
             if self.use_lr_drop:
-                raise ValueError(f"use_lr_drop and lr_scheduler={self.lr_scheduler!r} are both set: "
-                                 f"expected at most one lr schedule")
+                raise BadInputError(f"use_lr_drop and lr_scheduler={self.lr_scheduler!r} are both set: "
+                                    f"expected at most one lr schedule")
         if self.resume and self.model_path is None:
-            raise ValueError("resume needs model_path: expected the run folder to resume from")
+            raise BadInputError("resume needs model_path: expected the run folder to resume from")
+        if self.resume and self.overwrite:
+            raise BadInputError("resume and overwrite are both set: expected at most one (continue the run in "
+                                "model_path, or start it over)")
+
+    def _validate_numbers(self) -> None:
+        """Every numeric option: the right type, finite, in range (before anything is built or written)."""
+        for name, minimum in INTEGER_MINIMUMS.items():
+            _require_at_least(name, getattr(self, name), minimum)
+        for name, minimum in OPTIONAL_INTEGER_MINIMUMS.items():
+            if getattr(self, name) is not None:
+                _require_at_least(name, getattr(self, name), minimum)
+        if self.seed > MAX_SEED:
+            raise BadInputError(f"seed={self.seed} is invalid: expected an integer from 0 to {MAX_SEED}")
+        for name in OPTIONAL_POSITIVE_FLOATS:
+            if getattr(self, name) is not None:
+                _require_finite(name, getattr(self, name), "a finite number > 0", lambda value: value > 0)
+        for name in NON_NEGATIVE_FLOATS:
+            _require_finite(name, getattr(self, name), "a finite number >= 0", lambda value: value >= 0)
+        _require_finite("lr_drop_factor", self.lr_drop_factor, "a number between 0 and 1 (exclusive)",
+                        lambda value: 0 < value < 1)
 
     @classmethod
     def from_any(cls, args) -> "TrainerArgs":
@@ -130,9 +159,16 @@ class TrainerArgs:
 
 def _require_at_least(name: str, value, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} is invalid: expected an integer >= {minimum}")
+        raise BadInputError(f"{name}={value!r} is invalid: expected an integer >= {minimum}")
+
+
+def _require_finite(name: str, value, expected: str, in_range) -> None:
+    """A real number (ints accepted) that is finite and satisfies `in_range`."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value) or not in_range(value):
+        raise BadInputError(f"{name}={value!r} is invalid: expected {expected}")
 
 
 def _require_choice(name: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"{name}={value!r} is invalid: expected one of {', '.join(map(str, choices))}")
+        raise BadInputError(f"{name}={value!r} is invalid: expected one of {', '.join(map(str, choices))}")

@@ -1,4 +1,5 @@
-"""Recurrent Memory Transformer around a Hugging Face causal LM (GPT-2, GPT-NeoX, Llama-style); SPEC §4.
+"""Recurrent Memory Transformer around a Hugging Face causal LM (GPT-2, GPT-NeoX, Llama-style); see
+docs/design.md (memory wrappers).
 
 Bulatov et al., "Scaling Transformer to 1M tokens and beyond with RMT" (2023) / AAAI 2024: a learned memory is
 read at the start of each segment and written at its end, `[mem read] tokens [mem write]`; the last hidden
@@ -13,8 +14,11 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
 from modeling_rmt.segments import (
+    call_segment,
     check_bptt_depth,
     check_memory_args,
+    check_per_segment_outputs,
+    check_segment_checkpointing,
     input_embeddings,
     memory_for_segment,
     resolve_alignment,
@@ -28,6 +32,20 @@ def check_one_input(input_ids, inputs_embeds):
     """Raise ValueError unless exactly one of `input_ids` and `inputs_embeds` is given."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids and inputs_embeds")
+
+
+def shifted_targets(labels, labels_mask, attention_mask):
+    """(B, T) target of the prediction made at each position: labels[t + 1], IGNORE_INDEX where nothing counts.
+
+    Ignored: -100 labels, labels outside `labels_mask`, predictions made at padding (e.g. a left-padded sample's
+    first token), and the last position, which predicts nothing.
+    """
+    targets = labels[:, 1:]  # (B, T - 1): position t is predicted at t - 1
+    if labels_mask is not None:
+        targets = targets.masked_fill(~labels_mask[:, 1:].bool(), IGNORE_INDEX)
+    if attention_mask is not None:
+        targets = targets.masked_fill(attention_mask[:, :-1] == 0, IGNORE_INDEX)
+    return F.pad(targets, (0, 1), value=IGNORE_INDEX)
 
 
 def positions_from_mask(attention_mask):
@@ -49,7 +67,7 @@ class MemoryCell(nn.Module):
         embeddings = input_embeddings(base_model)
         self.model = base_model
         self.num_mem_tokens = num_mem_tokens
-        # SPEC §4: random normal scaled to the spread of the token embeddings
+        # docs/design.md: random normal scaled to the spread of the token embeddings
         weight = embeddings.weight.detach()
         self.memory = nn.Parameter(torch.randn(num_mem_tokens, weight.shape[1], dtype=weight.dtype,
                                                device=weight.device) * weight.float().std().to(weight.dtype))
@@ -128,12 +146,18 @@ class RecurrentWrapper(nn.Module):
         k2: truncated BPTT: gradients flow through at most the last `k2` segments (-1: all). The memory entering
             segment j of n is detached when j <= n - k2 (counted on this batch's n, not max_n_segments).
         segment_alignment: 'right' (default, None), 'left' or 'center'; see `modeling_rmt.segments`.
+        segment_checkpointing: free each segment's activations after its forward pass and recompute them in the
+            backward pass: training memory stays that of one segment plus the memory state and the inputs of each
+            segment, and the (detached) logits unless `forward(return_logits=False)`; gradients stay those of full
+            BPTT; each segment costs one more forward pass. The returned logits then have no graph.
     """
 
-    def __init__(self, memory_cell, segment_size, max_n_segments, k2=-1, segment_alignment=None):
+    def __init__(self, memory_cell, segment_size, max_n_segments, k2=-1, segment_alignment=None,
+                 segment_checkpointing=False):
         super().__init__()
         check_memory_args(memory_cell.num_mem_tokens, max_n_segments)
         check_bptt_depth("k2", k2, minimum=1)
+        check_segment_checkpointing(segment_checkpointing)
         if not isinstance(segment_size, int) or segment_size < 1:
             raise ValueError(f"segment_size={segment_size!r}; expected an integer >= 1")
         self.memory_cell = memory_cell
@@ -141,9 +165,10 @@ class RecurrentWrapper(nn.Module):
         self.max_n_segments = max_n_segments
         self.k2 = k2
         self.alignment = resolve_alignment(segment_alignment)
+        self.segment_checkpointing = segment_checkpointing
 
     def forward(self, input_ids=None, labels=None, labels_mask=None, attention_mask=None, inputs_embeds=None,
-                output_attentions=None, output_hidden_states=None):
+                output_attentions=None, output_hidden_states=None, return_logits=True):
         """Language-model a long sequence segment by segment.
 
         Args:
@@ -153,30 +178,37 @@ class RecurrentWrapper(nn.Module):
             labels_mask: optional (B, T) bool, the label positions that count in the loss (e.g. the answer).
             attention_mask: optional (B, T) mask of real tokens (left padding).
             output_attentions, output_hidden_states: also return `attentions_{i}` / `hidden_states_{i}` per
-                segment i (memory then grows with the number of segments).
+                segment i (memory then grows with the number of segments; BadInputError with
+                segment_checkpointing).
+            return_logits: False returns `logits=None` and keeps no (B, T, V) tensor: with segment checkpointing and
+                labels, memory then no longer grows with the vocabulary size times the sequence length.
 
         Returns:
-            CausalLMOutput with `logits` (B, T, V) and, with labels, `loss` (mean over counted tokens, 0 if none)
-            and `segment_losses` / `segment_token_counts` (n_segments,): the detached mean loss and the number of
-            counted next-token predictions made by each segment's logits (NaN loss where a segment has none).
+            CausalLMOutput with `logits` (B, T, V) (None if not `return_logits`) and, with labels, `loss` (mean
+            over counted tokens, 0 if none) and `segment_losses` / `segment_token_counts` (n_segments,): the
+            detached mean loss and the number of counted next-token predictions made by each segment's logits (NaN
+            loss where a segment has none).
         """
         check_one_input(input_ids, inputs_embeds)
+        check_per_segment_outputs(self.segment_checkpointing, output_attentions, output_hidden_states)
         spans = self._spans(input_ids if input_ids is not None else inputs_embeds)
+        targets = None if labels is None else shifted_targets(labels, labels_mask, attention_mask)  # (B, T)
         kwargs = {"output_attentions": output_attentions} if output_attentions else {}
-        logits, per_segment = [], {}
-        for index, (output, _) in enumerate(self._run_segments(input_ids, inputs_embeds, attention_mask, spans,
-                                                               **kwargs)):
+        logits, loss_sums, per_segment = [], [], {}
+        segments = self._run_segments(input_ids, inputs_embeds, attention_mask, spans, targets, return_logits, **kwargs)
+        for index, (output, _, loss_sum) in enumerate(segments):
             logits.append(output.logits)
+            loss_sums.append(loss_sum)
             if output_attentions:
                 per_segment[f"attentions_{index}"] = output.attentions
             if output_hidden_states:
                 per_segment[f"hidden_states_{index}"] = output.hidden_states
-        logits = torch.cat(logits, dim=1)  # (B, T, V)
+        logits = torch.cat(logits, dim=1) if return_logits else None  # (B, T, V)
         if labels is None:
             result = CausalLMOutput(logits=logits)
         else:
             loss, per_segment["segment_losses"], per_segment["segment_token_counts"] = self._loss(
-                logits, labels, labels_mask, attention_mask, spans)
+                loss_sums, targets, spans)
             result = CausalLMOutput(loss=loss, logits=logits)
         for key, value in per_segment.items():
             result[key] = value
@@ -197,7 +229,7 @@ class RecurrentWrapper(nn.Module):
         """
         spans = self._spans(input_ids)
         memory = None
-        for _, memory in self._run_segments(input_ids, None, attention_mask, spans[:-1]):
+        for _, memory, _ in self._run_segments(input_ids, None, attention_mask, spans[:-1]):
             pass
         start, end = spans[-1]
         mask = None if attention_mask is None else attention_mask[:, start:end]
@@ -213,8 +245,12 @@ class RecurrentWrapper(nn.Module):
         starts, ends, _ = segment_boundaries(torch.tensor([length]), self.segment_size, self.alignment)
         return list(zip(starts[0].tolist(), ends[0].tolist()))
 
-    def _run_segments(self, input_ids, inputs_embeds, attention_mask, spans, **cell_kwargs):
-        """Yield (cell output, memory after it) for each segment; memory is (B, m, H)."""
+    def _run_segments(self, input_ids, inputs_embeds, attention_mask, spans, targets=None, return_logits=True,
+                      **cell_kwargs):
+        """Yield (cell output, memory after it, summed loss or None) for each segment; memory is (B, m, H).
+
+        `targets`: optional (B, T) from `shifted_targets`; the loss of a segment is summed over its positions.
+        """
         tokens = input_ids if input_ids is not None else inputs_embeds
         batch_size = tokens.shape[0]
         if attention_mask is None:
@@ -225,28 +261,41 @@ class RecurrentWrapper(nn.Module):
         for index, (start, end) in enumerate(spans):
             memory = memory_for_segment(memory, initial_memory, started, index, len(spans), self.k2 - 1)
             segment_mask = attention_mask[:, start:end]  # (B, S)
-            output, new_memory = self.memory_cell(
-                input_ids=None if input_ids is None else input_ids[:, start:end],
-                inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, start:end],
-                memory_state=memory, attention_mask=segment_mask, **cell_kwargs)
+            output, new_memory, loss_sum = call_segment(
+                self._segment_step, memory, None if input_ids is None else input_ids[:, start:end],
+                None if inputs_embeds is None else inputs_embeds[:, start:end], segment_mask,
+                None if targets is None else targets[:, start:end], return_logits,
+                checkpointed=self.segment_checkpointing and index < len(spans) - 1,  # the last: backward is next
+                **cell_kwargs)
             has_tokens = segment_mask.bool().any(dim=1)  # (B,) an all-padding segment leaves the memory as is
             memory = torch.where(has_tokens[:, None, None], new_memory.to(memory.dtype), memory)
             started = started | has_tokens
-            yield output, memory
+            yield output, memory, loss_sum
+
+    def _segment_step(self, memory, input_ids, inputs_embeds, attention_mask, targets, return_logits,
+                      **cell_kwargs):
+        """One memory-cell step and, with `targets` (B, S), the summed cross-entropy of its predictions.
+
+        The loss is computed here, inside the step, so that with segment checkpointing the graph from the
+        (B, S, V) logits to the loss is freed with the rest of the segment; the returned logits are then detached,
+        or None without `return_logits`.
+        """
+        output, new_memory = self.memory_cell(input_ids=input_ids, inputs_embeds=inputs_embeds, memory_state=memory,
+                                              attention_mask=attention_mask, **cell_kwargs)
+        loss_sum = None
+        if targets is not None:
+            loss_sum = F.cross_entropy(output.logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                       reduction="sum")
+        if not return_logits:
+            output["logits"] = None
+        elif self.segment_checkpointing and torch.is_grad_enabled():
+            output["logits"] = output.logits.detach()
+        return output, new_memory, loss_sum
 
     @staticmethod
-    def _loss(logits, labels, labels_mask, attention_mask, spans):
-        """Shifted cross-entropy over the whole sequence, and its detached mean per segment."""
-        targets = labels[:, 1:]  # (B, T - 1): position t is predicted at t - 1
-        if labels_mask is not None:
-            targets = targets.masked_fill(~labels_mask[:, 1:].bool(), IGNORE_INDEX)
-        if attention_mask is not None:  # logits at padding predict nothing: e.g. a left-padded sample's first token
-            targets = targets.masked_fill(attention_mask[:, :-1] == 0, IGNORE_INDEX)
-        token_losses = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                                       reduction="none").view(targets.shape)  # (B, T - 1), 0 where ignored
-        counted = targets != IGNORE_INDEX
-        loss = token_losses.sum() / counted.sum().clamp(min=1)
-        # shifted index i is the prediction made by the logits at position i, in the segment that holds i
-        sums = torch.stack([token_losses[:, start:end].detach().sum() for start, end in spans])
-        counts = torch.stack([counted[:, start:end].sum() for start, end in spans])
-        return loss, sums / counts, counts
+    def _loss(loss_sums, targets, spans):
+        """Mean loss over all counted predictions, the detached mean loss of each segment and its count."""
+        counted = targets != IGNORE_INDEX  # (B, T)
+        counts = torch.stack([counted[:, start:end].sum() for start, end in spans])  # (n_segments,)
+        sums = torch.stack(loss_sums)  # (n_segments,)
+        return sums.sum() / counts.sum().clamp(min=1), sums.detach() / counts, counts

@@ -1,4 +1,5 @@
-"""Recurrent Memory Transformer around a Hugging Face encoder classifier (BERT, RoBERTa, MiniLM); SPEC §4.
+"""Recurrent Memory Transformer around a Hugging Face encoder classifier (BERT, RoBERTa, MiniLM); see
+docs/design.md (memory wrappers).
 
 Bulatov et al., "Recurrent Memory Transformer" (NeurIPS 2022) and "Beyond Attention: Breaking the Limits of
 Transformer Context Length with Recurrent Memory" (AAAI 2024): memory tokens are prepended to every segment,
@@ -10,8 +11,11 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from modeling_rmt.segments import (
+    call_segment,
     check_bptt_depth,
     check_memory_args,
+    check_per_segment_outputs,
+    check_segment_checkpointing,
     input_embeddings,
     memory_for_segment,
     resolve_alignment,
@@ -71,13 +75,17 @@ class RMTEncoderForSequenceClassification(nn.Module):
             memory transitions only (k = 0: only through the last segment).
         sum_loss: if True the loss is the mean of the segment losses, else the last segment's loss.
         segment_alignment: 'right' (default, None), 'left' or 'center'; see `modeling_rmt.segments`.
+        segment_checkpointing: free each segment's activations after its forward pass and recompute them in the
+            backward pass: training memory stays that of one segment (plus the memory state and the inputs of
+            each segment), gradients stay those of full BPTT, each segment costs one more forward pass.
     """
 
     def __init__(self, base_model, num_mem_tokens, tokenizer, input_size, max_n_segments, bptt_depth=-1,
-                 sum_loss=False, segment_alignment=None):
+                 sum_loss=False, segment_alignment=None, segment_checkpointing=False):
         super().__init__()
         check_memory_args(num_mem_tokens, max_n_segments)
         check_bptt_depth("bptt_depth", bptt_depth, minimum=0)
+        check_segment_checkpointing(segment_checkpointing)
         self.alignment = resolve_alignment(segment_alignment)
         special_ids = special_token_ids(tokenizer)
         embeddings = input_embeddings(base_model)
@@ -94,6 +102,7 @@ class RMTEncoderForSequenceClassification(nn.Module):
         self.max_n_segments = max_n_segments
         self.bptt_depth = bptt_depth
         self.sum_loss = sum_loss
+        self.segment_checkpointing = segment_checkpointing
         self.cls_token_id, self.sep_token_id, self.pad_token_id = (special_ids[n] for n in REQUIRED_SPECIAL_TOKENS)
         self.dropped_token_ids = sorted({i for i in special_ids.values() if i is not None})
         self._add_memory_tokens(embeddings, len(tokenizer))
@@ -123,7 +132,8 @@ class RMTEncoderForSequenceClassification(nn.Module):
                 gets type 0 throughout as in the paper's code.
             labels: optional (B,) targets passed to the backbone's own loss, segment by segment.
             output_attentions, output_hidden_states: also return `attentions_{i}` / `hidden_states_{i}` of each
-                segment slot i (memory then grows with the number of segments).
+                segment slot i (memory then grows with the number of segments; BadInputError with
+                segment_checkpointing).
             return_dict: False returns a tuple of the output's values.
             show_progress: show a progress bar over segments.
 
@@ -132,6 +142,7 @@ class RMTEncoderForSequenceClassification(nn.Module):
             with `sum_loss`), plus `loss_{i}` for each segment slot i; slots are aligned at the end of the batch,
             so slot i of a sample with fewer segments may be empty, and then it does not contribute to `loss_{i}`.
         """
+        check_per_segment_outputs(self.segment_checkpointing, output_attentions, output_hidden_states)
         keep = ~torch.isin(input_ids, torch.tensor(self.dropped_token_ids, device=input_ids.device))
         if attention_mask is not None:
             keep &= attention_mask.bool()
@@ -146,9 +157,11 @@ class RMTEncoderForSequenceClassification(nn.Module):
             active = (slot >= first_slot).nonzero().squeeze(1)  # (b,) samples with a segment in this slot
             memory = memory_for_segment(memory, initial_memory, slot > first_slot, slot, n_slots, self.bptt_depth)
             segment_ids, segment_mask = self._segment_layout(tokens, active, starts[active, slot], ends[active, slot])
-            output = self._run_segment(segment_ids, segment_mask, memory[active],
-                                       None if labels is None else labels[active], output_attentions)
-            new_memory = output.hidden_states[-1][:, 1:1 + self.num_mem_tokens]  # (b, m, H)
+            # the last segment is not checkpointed: its backward pass comes right after
+            checkpointed = self.segment_checkpointing and slot < n_slots - 1
+            output, new_memory = call_segment(self._segment_step, segment_ids, segment_mask, memory[active],
+                                              None if labels is None else labels[active], output_attentions,
+                                              checkpointed=checkpointed)  # new_memory: (b, m, H)
             memory = memory.index_put((active,), new_memory.to(memory.dtype))
             per_segment.update(self._segment_record(output, slot, output_attentions, output_hidden_states))
             if output.loss is not None:
@@ -187,12 +200,17 @@ class RMTEncoderForSequenceClassification(nn.Module):
         attention_mask = torch.arange(self.input_size, device=tokens.device) <= sep_position[:, None]
         return input_ids, attention_mask.long()
 
-    def _run_segment(self, input_ids, attention_mask, memory, labels, output_attentions):
-        """Embed the segment, write `memory` (b, m, H) into the memory positions and run the backbone."""
+    def _segment_step(self, input_ids, attention_mask, memory, labels, output_attentions):
+        """Embed the segment, write `memory` (b, m, H) into the memory positions and run the backbone.
+
+        Returns:
+            (the backbone's output, the (b, m, H) memory it writes for the next segment).
+        """
         embeds = self.input_embeddings(input_ids)  # (b, input_size, H)
         embeds = torch.cat([embeds[:, :1], memory.to(embeds.dtype), embeds[:, 1 + self.num_mem_tokens:]], dim=1)
-        return self.model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
-                          output_hidden_states=True, output_attentions=bool(output_attentions))
+        output = self.model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
+                            output_hidden_states=True, output_attentions=bool(output_attentions))
+        return output, output.hidden_states[-1][:, 1:1 + self.num_mem_tokens]
 
     def _combine_losses(self, segment_losses, device):
         """(loss, (K,) loss of each slot) from the segment losses (tensors or floats); (None, []) without any."""

@@ -1,11 +1,16 @@
-"""Helpers shared by the encoder and decoder memory wrappers: argument checks, segmentation, truncated BPTT.
+"""Helpers shared by the encoder and decoder memory wrappers: argument checks, segmentation, truncated BPTT,
+segment checkpointing.
 
-Segment alignment (SPEC §4) decides where a sequence of `n` tokens is cut into `k = ceil(n / segment_size)`
-segments: `right` (the default) makes the last segment full and the first one partial, `left` makes the first
-full and the last partial, `center` makes all `k` segments as equal as possible (lengths differ by at most 1).
+Segment alignment (docs/design.md, memory wrappers) decides where a sequence of `n` tokens is cut into
+`k = ceil(n / segment_size)` segments: `right` (the default) makes the last segment full and the first one
+partial, `left` makes the first full and the last partial, `center` makes all `k` segments as equal as possible
+(lengths differ by at most 1).
 """
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from lm_experiments_tools.errors import BadInputError
 
 ALIGNMENTS = ("right", "left", "center")
 
@@ -30,6 +35,34 @@ def check_bptt_depth(name, value, minimum):
     """Raise ValueError unless `value` is -1 (full BPTT) or an integer >= `minimum`."""
     if not isinstance(value, int) or (value != -1 and value < minimum):
         raise ValueError(f"{name}={value!r}; expected -1 (full backpropagation through time) or an integer >= {minimum}")
+
+
+def check_segment_checkpointing(segment_checkpointing):
+    """Raise BadInputError unless `segment_checkpointing` is a bool."""
+    if not isinstance(segment_checkpointing, bool):
+        raise BadInputError(f"segment_checkpointing={segment_checkpointing!r}; expected True or False")
+
+
+def check_per_segment_outputs(segment_checkpointing, output_attentions, output_hidden_states):
+    """Raise BadInputError when per-segment attentions / hidden states are asked of a checkpointing wrapper."""
+    if segment_checkpointing and (output_attentions or output_hidden_states):
+        raise BadInputError("output_attentions / output_hidden_states keep tensors of every segment, which "
+                            "segment_checkpointing=True exists to free; expected them off, or "
+                            "segment_checkpointing=False")
+
+
+def call_segment(step, *args, checkpointed, **kwargs):
+    """`step(*args, **kwargs)` for one segment; with `checkpointed`, its activations are not kept for backward.
+
+    Checkpointing (non-reentrant `torch.utils.checkpoint`) keeps only the step's inputs (the memory state and the
+    segment's tokens) and recomputes its activations when the backward pass reaches it, with the RNG state
+    (dropout masks) and autocast state of the first pass, so gradients are those of full BPTT at the cost of one
+    more forward pass per segment. Without gradients there is nothing to free, and the step runs plainly. The
+    wrappers do not checkpoint the last segment: its backward pass comes right after the forward pass.
+    """
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(step, *args, use_reentrant=False, **kwargs)
+    return step(*args, **kwargs)
 
 
 def input_embeddings(base_model):

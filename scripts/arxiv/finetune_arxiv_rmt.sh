@@ -19,9 +19,12 @@ K2=${K2:--1}                             # truncated BPTT depth in segments; -1 
 ITERS=${ITERS:-10000}                    # optimizer steps (our choice; the paper does not state it for ArXiv)
 TBS=${TBS:-32}                           # total batch: samples per optimizer step over all processes
 BS=${BS:-4}                              # samples per forward pass per process (GRAD_ACC = TBS / (BS * NP))
+RESUME=${RESUME:-0}                      # 1: continue the run in MODEL_PATH (--resume)
+OVERWRITE=${OVERWRITE:-0}                # 1: start MODEL_PATH over, deleting its checkpoints (--overwrite)
 LR=${LR:-1e-5}
 WEIGHT_DECAY=${WEIGHT_DECAY:-1e-3}       # AdamW, warm-up and clipping as BABILong (docs/design.md)
 SEED=${SEED:-42}
+SEGMENT_CHECKPOINTING=${SEGMENT_CHECKPOINTING:-0}  # 1: recompute segment activations in backward (memory of ~1 segment)
 RUN_N=${RUN_N:-1}
 RUNS_DIR=${RUNS_DIR:-$REPO_ROOT/runs}
 MODEL_CPT=${MODEL_CPT:-}                 # run folder whose model_best.pth initialises this run (curriculum)
@@ -31,7 +34,7 @@ MODEL_TAG=${MODEL_NAME:-gpt2-small-scratch}
 SETTING=lm_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg${MAX_N_SEGMENTS}_k2${K2}_tbs${TBS}_lr${LR}
 MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/arxiv/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 
-source "$REPO_ROOT/scripts/batch_setup.sh"          # checks the batch sizes, sets GRAD_ACC
+source "$REPO_ROOT/scripts/batch_setup.sh"          # checks the integers, sets GRAD_ACC, RESUME/OVERWRITE flags
 TENTH=$(( ITERS / 10 > 0 ? ITERS / 10 : 1 ))
 VALID_INTERVAL=${VALID_INTERVAL:-$TENTH}
 WARMUP=${WARMUP:-$TENTH}                 # linear warm-up steps (ITERS/10)

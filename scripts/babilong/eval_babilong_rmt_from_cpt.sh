@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Evaluate MODEL_CPT/model_best.pth at 16 ... 4096 segments (about 8K to 2M tokens for the paper's setting); each
 # length appends a record to MODEL_CPT/results.jsonl (python -m babilong.plot RUNS_DIR draws them). The model
-# variables must be those the checkpoint was trained with. Inference memory is constant in the number of segments;
-# time grows linearly, so long lengths use fewer samples (NUM_VALID_SAMPLES).
+# variables must be those the checkpoint was trained with. BS samples go through the segments together (one backbone
+# call per segment for the whole batch: on CPU batch 16 is several times faster per token than batch 1, see
+# benchmarks/babilong_long_eval.py). Inference memory is constant in the number of segments; time grows linearly,
+# so long lengths use fewer samples (NUM_VALID_SAMPLES).
 set -euo pipefail
 REPO_ROOT="$(realpath "$(dirname "${BASH_SOURCE[0]}")/../..")"
 
@@ -17,7 +19,7 @@ NOISE_DATASET=${NOISE_DATASET:-tau/scrolls:quality}
 INPUT_SIZE=${INPUT_SIZE:-512}
 MEMORY_SIZE=${MEMORY_SIZE:-10}
 SEGMENTS=${SEGMENTS:-16 32 64 128 256 512 1024 2048 4096}
-BS=${BS:-8}                                   # samples per forward pass per process
+BS=${BS:-8}                                   # samples per forward pass per process (evaluated together)
 NUM_VALID_SAMPLES=${NUM_VALID_SAMPLES:-100}
 SEED=${SEED:-42}
 

@@ -24,6 +24,10 @@ SEGMENTS=${SEGMENTS:-$MAX_N_SEGMENTS}         # one count, or a curriculum such 
 ITERS=${ITERS:-3000}                          # optimizer steps per stage
 TBS=${TBS:-32}                                # total batch: samples per optimizer step over all processes
 BS=${BS:-8}                                   # samples per forward pass per process (GRAD_ACC = TBS / (BS * NP))
+RESUME=${RESUME:-0}                           # 1: continue the run in MODEL_PATH (--resume)
+OVERWRITE=${OVERWRITE:-0}                     # 1: start MODEL_PATH over, deleting its checkpoints (--overwrite)
+SEGMENT_CHECKPOINTING=${SEGMENT_CHECKPOINTING:-0}  # 1: recompute segment activations in backward (memory of ~1 segment)
+source "$REPO_ROOT/scripts/batch_setup.sh"    # checks the integers (before they are used), sets GRAD_ACC
 LR=${LR:-1e-5}
 WEIGHT_DECAY=${WEIGHT_DECAY:-1e-3}
 VALID_INTERVAL=${VALID_INTERVAL:-$(( ITERS / 10 > 0 ? ITERS / 10 : 1 ))}
@@ -39,7 +43,6 @@ N_SEGMENTS='{n_segments}'                     # filled in by the run script for 
 SETTING=${MODEL_TYPE}_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg${N_SEGMENTS}_tbs${TBS}_lr${LR}
 MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/$TASK/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 
-source "$REPO_ROOT/scripts/batch_setup.sh"          # checks the batch sizes, sets GRAD_ACC
 CURRICULUM=$(echo $SEGMENTS | tr ' ' ',')
 
 torchrun --nproc_per_node="$NP" "$REPO_ROOT/run_finetuning_babilong_rmt.py" \

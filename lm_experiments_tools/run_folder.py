@@ -1,0 +1,190 @@
+"""Run folders: a training run never lands silently in a folder that already holds another one, and a failed run
+ends with one line naming the cause while its traceback goes to a log file in the folder.
+
+A folder holds a run when it has any of the files a run writes (checkpoints, tensorboard events, config.json,
+results). Training into it needs a decision: `resume` continues that run from its newest checkpoint, `overwrite`
+starts over and deletes those files first (only those: the folder may hold other things, and is never removed).
+Evaluation-only invocations do not call this check: they append to a finished run's results on purpose.
+
+`exit_with_one_line` is what an entry script's `main()` runs inside: any exception becomes one line on stderr
+("error: <cause> (traceback: <log file>)") and an exit code, 2 for bad input (`BadInputError`, and the types the
+caller names for its setup stage) and 1 for everything else (`RunFailure`, a full disk, bugs). The log file is
+error.log in the run folder, or a file in the temporary folder when there is none yet; a `BadInputError` raised
+before the run folder exists (a refused flag) needs no traceback and gets none.
+"""
+import contextlib
+import errno
+import logging
+import os
+import sys
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch.distributed as dist
+
+from .checkpoint import CheckpointError, find_latest_checkpoint
+from .errors import BAD_INPUT_EXIT_CODE, RUN_FAILURE_EXIT_CODE, BadInputError
+
+logger = logging.getLogger(__name__)
+
+ERROR_LOG_NAME = "error.log"  # tracebacks of failures, appended; not a run file (a failed start leaves no run)
+RUN_FILE_PATTERNS = ("model_*.pth", ".model_*.pth.*.tmp", "events.out.tfevents.*", "config.json", "git.diff",
+                     "results.json", "results.jsonl")
+MAX_NAMES_IN_ERROR = 4
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class RunFolderError(BadInputError):
+    """The run folder holds another run and neither resume nor overwrite was given (or both were)."""
+
+
+def run_files(folder) -> list[Path]:
+    """The files of a previous run in `folder` (sorted), [] when it has none or does not exist."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted({path for pattern in RUN_FILE_PATTERNS for path in folder.glob(pattern) if path.is_file()})
+
+
+def _describe(files: list[Path]) -> str:
+    names = [path.name for path in files]
+    more = f" and {len(names) - MAX_NAMES_IN_ERROR} more" if len(names) > MAX_NAMES_IN_ERROR else ""
+    return ", ".join(names[:MAX_NAMES_IN_ERROR]) + more
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` and prove a file can be written there, before any training time is spent.
+
+    Raises:
+        BadInputError: the folder cannot be created or written (permissions, a file in the way, read-only disk).
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test_{threading.get_native_id()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise BadInputError(f"model_path={str(folder)!r} is not writable ({error.strerror}): expected a folder "
+                            f"this process can create files in") from error
+
+
+def prepare_run_folder(folder, *, resume: bool, overwrite: bool, is_main: bool = True) -> None:
+    """Refuse a folder that holds a run unless told what to do with it; with `overwrite`, empty it of that run.
+    The folder is created and checked for writing (on the main process).
+
+    Args:
+        folder: the run folder (`model_path`); None (nothing written) is always fine.
+        resume: continue the run in the folder (or start one if it has none).
+        overwrite: delete the previous run's files, then start a new run.
+        is_main: only the main process creates and deletes; under torchrun every process checks, then all wait
+            for each other (a barrier), so that they all see the folder as it was and decide alike.
+
+    Raises:
+        RunFolderError: the folder holds a run and neither flag is given, or both flags are given.
+    """
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite are both given: expected at most one (continue the run "
+                             "in model_path, or start it over)")
+    if folder is None:
+        return
+    files = run_files(folder)
+    if files and not (resume or overwrite):
+        raise RunFolderError(f"model_path {folder} already holds a run ({_describe(files)}): expected --resume to "
+                             f"continue it, --overwrite to start over (deleting those files) or another model_path")
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # every process has looked before the main one deletes or writes anything
+    if not is_main:
+        return
+    check_writable(Path(folder))
+    if files and overwrite:
+        for path in files:
+            path.unlink(missing_ok=True)
+        logger.warning(f"--overwrite: deleted {len(files)} files of the previous run in {folder} "
+                       f"({_describe(files)})")
+
+
+# ---- failures -------------------------------------------------------------------------------------------------
+
+def _process_label() -> str:
+    """'' in a single process, 'rank R: ' under torchrun (every process reports its own failure)."""
+    return f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+
+
+class CommandLineError(BadInputError):
+    """A flag argparse cannot parse (unknown flag, wrong type, missing value)."""
+
+
+def raise_on_parse_errors(parser):
+    """Make `parser` (argparse / HfArgumentParser) raise CommandLineError instead of printing its usage and
+    exiting, so that a wrong flag ends as one line like every other bad input. Returns the parser."""
+    def error(message: str):
+        raise CommandLineError(f"{message}: see --help for the flags and their types")
+
+    parser.error = error
+    return parser
+
+
+def write_error_log(folder, error: BaseException) -> Path:
+    """Append the traceback of `error` to folder/error.log (error.rank{R}.log on other ranks); when the folder
+    does not exist or cannot be written, to a file in the temporary folder. Returns the file written."""
+    rank = int(os.environ.get("RANK", "0"))
+    name = ERROR_LOG_NAME if rank == 0 else ERROR_LOG_NAME.replace(".log", f".rank{rank}.log")
+    text = (f"---- {datetime.now(timezone.utc).isoformat(timespec='seconds')} {' '.join(sys.argv)}\n"
+            + "".join(traceback.format_exception(error)))
+    candidates = [Path(folder) / name] if folder is not None and Path(folder).is_dir() else []
+    candidates.append(Path(tempfile.gettempdir()) / f"{Path(sys.argv[0]).stem}-{os.getpid()}-{name}")
+    for path in candidates:
+        try:
+            with open(path, "a") as file:
+                file.write(text)
+            return path
+        except OSError:
+            continue
+    return candidates[-1]
+
+
+def describe_failure(error: BaseException, folder=None) -> str:
+    """One line naming the cause; a full disk also names the last good checkpoint in `folder`."""
+    known = isinstance(error, (BadInputError, RuntimeError, OSError, ValueError))
+    message = " ".join(str(error).split()) or type(error).__name__
+    line = message if known else f"{type(error).__name__}: {message}"
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS and folder is not None:
+        try:
+            latest = find_latest_checkpoint(folder, loadable=True)
+        except (OSError, CheckpointError):
+            latest = None
+        line += f"; the last good checkpoint is {latest}" if latest else f"; no checkpoint in {folder} yet"
+    return line
+
+
+@contextlib.contextmanager
+def exit_with_one_line(run_folder: Callable[[], str | None] | str | None = None,
+                       bad_input: tuple = (BadInputError,)):
+    """End the process with one line on stderr and an exit code for any exception raised inside.
+
+    Args:
+        run_folder: the run folder (or a function returning the current one, e.g. a curriculum stage's) where
+            error.log gets the traceback.
+        bad_input: exception types that mean bad input (exit code 2); e.g. (ValueError, OSError) around the
+            setup stage, where a missing file is the user's. Everything else exits with code 1.
+
+    SystemExit (a stop signal's clean exit, argparse) and a second Ctrl-C pass through.
+    """
+    try:
+        yield
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as error:  # noqa: B036 - every failure must end as one line, whatever its type
+        folder = run_folder() if callable(run_folder) else run_folder
+        code = BAD_INPUT_EXIT_CODE if isinstance(error, bad_input) else RUN_FAILURE_EXIT_CODE
+        where = ""
+        # a refused option before any run folder exists is fully told by its message; anything else keeps its trace
+        if (folder is not None and Path(folder).is_dir()) or not isinstance(error, BadInputError):
+            where = f" (traceback: {write_error_log(folder, error)})"
+        logging.shutdown()  # flush log handlers, so that nothing is printed after the error line
+        print(f"{_process_label()}error: {describe_failure(error, folder)}{where}", file=sys.stderr, flush=True)
+        sys.exit(code)

@@ -1,0 +1,115 @@
+"""Long BABILong inputs on tiny random backbones: batched evaluation against batch 1, the long-evaluation
+benchmark, and the memory-trace diagnostic."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_finetuning_babilong_rmt as run_babilong
+from babilong import memory_trace
+from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import babilong_long_eval  # noqa: E402  (a script folder, not a package)
+
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64,
+             "initializer_range": 0.5}  # large weights: samples get clearly different logits
+INPUT_SIZE, NUM_MEM_TOKENS = 32, 2
+LONG_N_SEGMENTS = 40  # many segments: differences between batch sizes would add up over the recurrence
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("configs") / "bert.json"
+    path.write_text(json.dumps(TINY_BERT))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_bert, tmp_path_factory) -> Path:
+    """A run folder with model_best.pth and config.json after a few steps on 1 segment."""
+    run_dir = tmp_path_factory.mktemp("runs") / "seg1"
+    run_babilong.main(["--model_cfg", tiny_bert, "--input_size", str(INPUT_SIZE), "--num_mem_tokens",
+                       str(NUM_MEM_TOKENS), "--num_valid_samples", "4", "--batch_size", "4", "--iters", "2",
+                       "--lr", "1e-3", "--valid_interval", "2", "--save_best", "--model_path", str(run_dir)])
+    assert (run_dir / BEST_CHECKPOINT_NAME).is_file()
+    return run_dir
+
+
+def predictions(tiny_bert: str, batch_size: int, n_samples: int) -> tuple:
+    """(logits, labels) of the validation samples at LONG_N_SEGMENTS segments, evaluated batch_size at a time."""
+    experiment, stages, _ = run_babilong.setup([
+        "--model_cfg", tiny_bert, "--input_size", str(INPUT_SIZE), "--num_mem_tokens", str(NUM_MEM_TOKENS),
+        "--max_n_segments", str(LONG_N_SEGMENTS), "--batch_size", str(batch_size),
+        "--num_valid_samples", str(n_samples)])
+    model = experiment.model.eval()
+    loader = experiment.valid_batches(stages[0])
+    logits, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            logits.append(model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
+            labels.append(batch["labels"])
+    return torch.cat(logits), torch.cat(labels)
+
+
+def test_batched_evaluation_matches_batch_1_over_many_segments(tiny_bert):
+    single_logits, single_labels = predictions(tiny_bert, batch_size=1, n_samples=6)
+    batched_logits, batched_labels = predictions(tiny_bert, batch_size=4, n_samples=6)  # a full and a partial batch
+    assert single_logits.shape == (6, 6)
+    assert torch.equal(single_labels, batched_labels)
+    torch.testing.assert_close(batched_logits, single_logits, atol=1e-5, rtol=0)
+    assert torch.equal(batched_logits.argmax(-1), single_logits.argmax(-1))
+    assert single_logits.std(0).min() > 0.1  # the samples do differ: equal predictions are not trivially equal
+
+
+def test_long_eval_benchmark_reports_each_batch_size(tiny_run, tmp_path, capsys):
+    own_results = (tiny_run / "results.jsonl").read_text()
+    code = babilong_long_eval.main(["--model_cpt", str(tiny_run), "--lengths", str(12 * (INPUT_SIZE - 5)),
+                                    "--batch_sizes", "1,3", "--n_samples", "3", "--results_dir", str(tmp_path)])
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")][1:]
+    assert [row["batch_size"] for row in rows] == [1, 3]
+    assert all(row["n_segments"] == 12 and row["n_samples"] == 3 and row["tokens_per_second"] > 0 for row in rows)
+    assert rows[0]["accuracy"] == rows[1]["accuracy"]  # the same samples and predictions at both batch sizes
+    assert (tiny_run / "results.jsonl").read_text() == own_results  # the run's own results (and plot) stay as they were
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("extra", [["--batch_sizes", "0"], ["--batch_sizes", "1,2", "--n_samples", "1,2,3"]])
+def test_long_eval_benchmark_bad_input_exits_2(tiny_run, extra, capsys):
+    assert babilong_long_eval.main(["--model_cpt", str(tiny_run), *extra]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_step_change_and_answer_separation_by_hand():
+    previous = torch.tensor([[[3.0, 4.0]], [[1.0, 0.0]]])  # (B=2, m=1, H=2)
+    current = torch.tensor([[[3.0, 4.0]], [[0.0, 2.0]]])
+    assert memory_trace.step_change(previous, current) == pytest.approx((0 + math.sqrt(5) / 2) / 2)
+    memory = torch.tensor([[[0.0, 0.0]], [[1.0, 0.0]], [[10.0, 0.0]], [[12.0, 0.0]]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # same-answer pairs: 1 and 2 apart; different-answer pairs: 10, 12, 9, 11 apart
+    assert memory_trace.answer_separation(memory, labels) == pytest.approx(10.5 / 1.5)
+    assert math.isnan(memory_trace.answer_separation(memory, torch.tensor([0, 1, 2, 3])))
+
+
+def test_memory_trace_runs_on_a_tiny_model(tiny_run, tmp_path):
+    output, curves = tmp_path / "trace.png", tmp_path / "trace.json"
+    assert memory_trace.main([str(tiny_run), "--n_segments", "30", "--n_samples", "6", "-o", str(output),
+                              "--json", str(curves)]) == 0
+    (trace,) = json.loads(curves.read_text())
+    assert output.stat().st_size > 0
+    assert len(trace["step_change"]) == len(trace["answer_separation"]) == 30
+    assert math.isnan(trace["step_change"][0]) and all(value > 0 for value in trace["step_change"][1:])
+    assert trace["n_samples"] == 6 and 0 <= trace["accuracy"] <= 100
+    redrawn = tmp_path / "redrawn.png"
+    assert memory_trace.main([str(curves), "-o", str(redrawn)]) == 0 and redrawn.stat().st_size > 0
+
+
+def test_memory_trace_bad_input_exits_2(tmp_path, capsys):
+    assert memory_trace.main([str(tmp_path), "--n_segments", "10"]) == 2
+    assert "no config.json" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""The offline main job's recipe: which checkpoint each stage keeps, and the launcher's stages and evaluations
+(scripts/babilong/offline_main_job.sh run end to end on a tiny random backbone)."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from babilong.results import RESULTS_FILE, read_results
+from lm_experiments_tools import TrainerArgs
+from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
+from lm_experiments_tools.utils import CONFIG_FILE
+from trainer_scripts.tiny_task import build_trainer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+MAIN_JOB = REPO_ROOT / "scripts" / "babilong" / "offline_main_job.sh"
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64}
+# validations of a stage that reaches 100% early while its loss keeps falling (as the main job's stages do)
+VALIDATIONS = {2: (87.5, 0.9), 4: (100.0, 0.62), 6: (100.0, 0.35), 8: (98.4, 0.33), 10: (100.0, 0.21)}
+# (optimize_metric, optimize_mode) of the curriculum stages and of the long stage, as the launcher passes them
+CURRICULUM_RULE, LONG_STAGE_RULE = ("exact_match", "max"), ("loss", "min")
+
+
+def kept_step(tmp_path: Path, rule: tuple) -> int:
+    """The step whose checkpoint a stage keeps as model_best.pth when validation gives VALIDATIONS."""
+    holder = {}
+
+    def batch_metrics_fn(batch, output):
+        exact_match, loss = VALIDATIONS.get(holder["trainer"].n_iter, (0.0, 9.0))
+        return {"exact_match": exact_match, "loss": loss}
+
+    metric, mode = rule
+    args = TrainerArgs(model_path=str(tmp_path), iters=10, valid_interval=2, save_best=True,
+                       optimize_metric=metric, optimize_mode=mode)
+    holder["trainer"] = build_trainer(args, batch_metrics_fn=batch_metrics_fn)
+    holder["trainer"].train()
+    return torch.load(tmp_path / BEST_CHECKPOINT_NAME, weights_only=True)["iteration"]
+
+
+@pytest.mark.parametrize("rule, expected_step", [
+    (CURRICULUM_RULE, 4),   # the first checkpoint at 100%: later ones with a lower loss do not replace it
+    (LONG_STAGE_RULE, 10),  # the lowest loss, even after a validation below 100%
+])
+def test_each_stage_keeps_the_checkpoint_its_rule_selects(tmp_path, rule, expected_step):
+    assert kept_step(tmp_path, rule) == expected_step
+
+
+def stage_config(runs: Path, n_segments: int) -> dict:
+    (folder,) = runs.glob(f"memorize/*/*_seg{n_segments}_*/run_1")
+    return json.loads((folder / CONFIG_FILE).read_text())["args"]
+
+
+@pytest.fixture(scope="module")
+def main_job(tmp_path_factory):
+    """The main job on a tiny backbone: curriculum 1, 2, then a long stage on 3 segments."""
+    runs = tmp_path_factory.mktemp("runs")
+    config = tmp_path_factory.mktemp("configs") / "bert.json"
+    config.write_text(json.dumps(TINY_BERT))
+    env = {**os.environ, "RUNS_DIR": str(runs), "SEGMENTS": "1 2", "ITERS": "2", "VALID_INTERVAL": "1",
+           "NUM_VALID_SAMPLES": "4", "LONG_SEGMENTS": "3", "LONG_ITERS": "2", "LONG_VALID_INTERVAL": "1",
+           "LONG_LR": "3e-4", "LONG_NUM_VALID_SAMPLES": "5", "EVAL_NUM_VALID_SAMPLES": "3", "EVAL_BS": "3",
+           "TBS": "2", "BS": "2", "INPUT_SIZE": "32", "MEMORY_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", str(MAIN_JOB), "--model_cfg", str(config)], env=env, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return runs
+
+
+@pytest.mark.slow
+def test_long_stage_continues_the_curriculum_with_loss_selection(main_job):
+    first, second, long = (stage_config(main_job, n) for n in (1, 2, 3))
+    assert first["optimize_metric"] == second["optimize_metric"] == "exact_match"
+    assert long["optimize_metric"] == "loss" and long["optimize_mode"] == "min"
+    assert long["lr"] == 3e-4 and long["iters"] == 2 and long["num_valid_samples"] == 5
+    (second_dir,) = main_job.glob("memorize/*/*_seg2_*/run_1")
+    assert Path(long["model_cpt"]) == second_dir
+
+
+@pytest.mark.slow
+def test_long_stage_is_evaluated_at_every_trained_length_and_16x(main_job):
+    (long_dir,) = main_job.glob("memorize/*/*_seg3_*/run_1")
+    records = read_results(long_dir / RESULTS_FILE)
+    evaluated = {record["n_segments"]: record for record in records if record["n_samples"] == 3}
+    assert sorted(evaluated) == [1, 2, 3, 48]
+    assert all(record["trained_n_segments"] == 3 for record in evaluated.values())
+    assert (main_job / "accuracy_vs_length.png").stat().st_size > 0
