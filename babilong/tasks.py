@@ -18,6 +18,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from lm_experiments_tools.errors import BadInputError
+
 logger = logging.getLogger(__name__)
 
 PLACES = ("bathroom", "hallway", "garden", "office", "bedroom", "kitchen")
@@ -152,34 +154,60 @@ def reasoning_sample(rng: np.random.Generator) -> TaskSample:
     return TaskSample(facts=facts, question=question, answer=neighbours[target], supporting=(target,))
 
 
+def _babi_question(location: str, text: str, fact_index_by_id: dict) -> tuple:
+    """(question, answer, supporting fact indices) of a question line's text; BadInputError when malformed."""
+    parts = text.split("\t")
+    if len(parts) != 3:
+        raise BadInputError(f"{location}: question line {text!r} has {len(parts)} tab-separated fields: expected 3, "
+                            "'question<TAB>answer<TAB>supporting ids'")
+    question, answer, supporting_ids = (part.strip() for part in parts)
+    if not question or not answer:
+        raise BadInputError(f"{location}: question line {text!r} has an empty {'answer' if question else 'question'}"
+                            ": expected 'question<TAB>answer<TAB>supporting ids'")
+    bad_ids = [i for i in supporting_ids.split() if not i.isdigit()]
+    if bad_ids or not supporting_ids:
+        raise BadInputError(f"{location}: supporting ids {supporting_ids!r}: expected space-separated line numbers")
+    unknown_ids = [int(i) for i in supporting_ids.split() if int(i) not in fact_index_by_id]
+    if unknown_ids:
+        raise BadInputError(f"{location}: supporting ids {unknown_ids} are not story facts above this line: "
+                            f"expected ids among {sorted(fact_index_by_id)}")
+    return question, answer, tuple(fact_index_by_id[int(i)] for i in supporting_ids.split())
+
+
 def parse_babi_file(path: str) -> list:
     """Read a bAbI file: each question becomes a sample whose facts are the story lines before it.
+
+    Every line is checked: 'ID text' with IDs counting up from 1 in each story; a question line (one with a
+    tab, or a '?' that would otherwise turn it into a fact holding its own answer) must be
+    'question<TAB>answer<TAB>supporting ids' with a non-empty answer and ids of facts above it in the story.
 
     Args:
         path: a `qa{N}_{name}_{train,test}.txt` file.
 
     Returns:
         list of TaskSample; `supporting` holds indices into that sample's `facts`.
+
+    Raises:
+        BadInputError: naming path:line and what was expected.
     """
-    samples, facts, fact_index_by_id = [], [], {}
+    samples, facts, fact_index_by_id, previous_id = [], [], {}, 0
     with open(path, encoding="utf-8") as f:
         for line_no, raw in enumerate(f, 1):
-            match = BABI_LINE.match(raw.rstrip("\n"))
+            location = f"{path}:{line_no}"
+            match = BABI_LINE.match(raw.rstrip("\r\n"))
             if match is None:
-                raise ValueError(f"{path}:{line_no}: expected 'ID text', got {raw.rstrip()!r}")
+                raise BadInputError(f"{location}: expected 'ID text', got {raw.rstrip()!r}")
             line_id, text = int(match.group(1)), match.group(2)
             if line_id == 1:  # a new story starts
                 facts, fact_index_by_id = [], {}
-            if "\t" not in text:
+            elif line_id != previous_id + 1:
+                raise BadInputError(f"{location}: line id {line_id}: expected 1 (a new story) or {previous_id + 1}")
+            previous_id = line_id
+            if "\t" not in text and "?" not in text:
                 fact_index_by_id[line_id] = len(facts)
                 facts.append(text.strip())
                 continue
-            question, answer, supporting_ids = (part.strip() for part in (text.split("\t") + [""])[:3])
-            unknown_ids = [i for i in supporting_ids.split() if not i.isdigit() or int(i) not in fact_index_by_id]
-            if unknown_ids:
-                raise ValueError(f"{path}:{line_no}: supporting ids {unknown_ids} are not story lines above it")
-            supporting = tuple(fact_index_by_id[int(i)] for i in supporting_ids.split())
-            samples.append(TaskSample(tuple(facts), question, answer, supporting))
+            samples.append(TaskSample(tuple(facts), *_babi_question(location, text, fact_index_by_id)))
     return samples
 
 

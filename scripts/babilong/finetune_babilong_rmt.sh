@@ -12,7 +12,8 @@ REPO_ROOT="$(realpath "$(dirname "${BASH_SOURCE[0]}")/../..")"
 
 NP=${NP:-1}                                   # processes (GPUs) for torchrun
 TASK=${TASK:-memorize}                        # memorize, detect_memorize, reasoning, qa1..qa20 (needs BABI_PATH)
-BABI_PATH=${BABI_PATH:-}                      # folder with the bAbI files
+BABI_PATH=${BABI_PATH:-}                      # folder with the bAbI files; default data/babi if it exists
+[[ -n $BABI_PATH || ! -d $REPO_ROOT/data/babi ]] || BABI_PATH=$REPO_ROOT/data/babi
 MODEL_NAME=${MODEL_NAME-bert-base-cased}      # --from_pretrained; empty: offline MiniLM
 MODEL_TYPE=${MODEL_TYPE:-encoder}             # encoder (classification, the paper) or decoder (generation)
 NOISE_DATASET=${NOISE_DATASET:-tau/scrolls:quality}  # background text; 'default' is the offline one

@@ -1,0 +1,184 @@
+"""The official-format BABILong evaluation (babilong.evaluate_official): scoring, datasets, CSVs, summary, CLI."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from babilong import evaluate_official as official
+from babilong import generate_babi
+from lm_experiments_tools.errors import BadInputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64}
+TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 30522}
+
+# (task, question, target, output, correct by the official rule)
+CASES = [
+    ("qa1", "Where is Mary?", "kitchen", "kitchen", True),
+    ("qa1", "Where is John?", "garden", "The Garden. Not the kitchen.", True),  # first sentence only
+    ("qa1", "Where is Daniel?", "office", "office or bedroom", False),  # two labels named
+    ("qa1", "Where is Sandra?", "hallway", "hallway <example> kitchen", True),  # cut at <example>
+    ("qa1", "Where is Bill?", "hallway", "", False),
+    ("qa5", "Who gave the apple to Fred?", "Jeff", "Fred", False),  # a label only in the question is ignored
+    ("qa5", "Who gave the apple to Fred?", "Jeff", "Jeff gave it to Fred", True),
+    ("qa5", "What did Bill give to Mary?", "milk", "the apple", False),
+    ("qa8", "What is Mary carrying?", "apple,milk", "apple, milk", True),  # qa8: the set
+    ("qa8", "What is Mary carrying?", "apple,milk", "apple", False),
+]
+
+
+@pytest.mark.parametrize("task, question, target, output, correct", CASES)
+def test_official_rule(task, question, target, output, correct):
+    assert official.is_correct(target, output, question, official.TASK_LABELS[task]) is correct
+
+
+def make_dataset(folder: Path, lengths=("0k", "4k"), drop_field=None) -> str:
+    """A local copy in the official layout: one save_to_disk DatasetDict per length, one split per task."""
+    from datasets import Dataset, DatasetDict
+    for n, length in enumerate(lengths):
+        splits = {}
+        for task in ("qa1", "qa5", "qa8"):
+            rows = [c for c in CASES if c[0] == task]
+            columns = {"input": [f"Background {n}. Some facts {i}." for i in range(len(rows))],
+                       "question": [c[1] for c in rows], "target": [c[2] for c in rows]}
+            columns.pop(drop_field, None)
+            splits[task] = Dataset.from_dict(columns)
+        DatasetDict(splits).save_to_disk(str(folder / length))
+    return str(folder)
+
+
+def canned_predictor(outputs_at: dict, labels=None) -> official.Predictor:
+    """Answers from the CASES table, looked up by (question, input) so that repeated questions differ."""
+    def answer(inputs, questions):
+        return [outputs_at[q, i] for i, q in zip(inputs, questions)]
+    return official.Predictor(answer, labels, batch_size=3)
+
+
+def case_outputs(lengths=("0k", "4k")) -> dict:
+    outputs = {}
+    for n, _ in enumerate(lengths):
+        for task in ("qa1", "qa5", "qa8"):
+            rows = [c for c in CASES if c[0] == task]
+            outputs.update({(c[1], f"Background {n}. Some facts {i}."): c[3] for i, c in enumerate(rows)})
+    return outputs
+
+
+def test_csvs_and_summary_score_the_known_outputs(tmp_path):
+    dataset = make_dataset(tmp_path / "babilong")
+    splits = official.load_splits(dataset, ["0k", "4k"], ["qa1", "qa5", "qa8"])
+    summary = official.evaluate(dataset, splits, canned_predictor(case_outputs()), tmp_path / "out")
+    for task in ("qa1", "qa5", "qa8"):
+        rows = [c for c in CASES if c[0] == task]
+        expected = 100 * sum(c[4] for c in rows) / len(rows)
+        for length in ("0k", "4k"):
+            assert summary["accuracy"][task][length] == pytest.approx(expected, abs=0.01)
+            with open(tmp_path / "out" / f"{task}_{length}.csv", newline="") as f:
+                table = list(csv.reader(f))
+            assert table[0] == ["target", "output", "question"]
+            assert table[1:] == [[c[2], c[3], c[1]] for c in rows]
+    assert summary["accuracy"]["qa1"]["0k"] == 60.0 and summary["accuracy"]["qa5"]["4k"] == pytest.approx(33.33)
+    assert "mean_qa1_qa5" not in summary  # qa2..qa4 were not run
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    markdown = (tmp_path / "out" / "summary.md").read_text()
+    assert "| qa1 | 60.0 | 60.0 |" in markdown and "| qa8 | 50.0 | 50.0 |" in markdown
+
+
+def test_targets_outside_an_encoder_vocabulary_count_wrong_and_are_reported(tmp_path):
+    dataset = make_dataset(tmp_path / "babilong", lengths=("0k",))
+    splits = official.load_splits(dataset, ["0k"], ["qa5"])
+    # a classifier trained on the places only: it can never say 'Jeff' or 'milk'
+    places = official.TASK_LABELS["qa1"]
+    predictor = official.Predictor(lambda inputs, questions: ["kitchen"] * len(inputs), places, batch_size=2)
+    summary = official.evaluate(dataset, splits, predictor, tmp_path / "out")
+    assert summary["accuracy"]["qa5"]["0k"] == 0.0
+    assert summary["targets_outside_labels"]["qa5"]["0k"] == 3
+    assert "qa5 0k': 3" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_leaderboard_mean_over_qa1_to_qa5():
+    results = [official.TaskResult(f"qa{k}", "0k", 10, k, 0) for k in range(1, 6)]
+    summary = official.summarise(results, ["0k"], [f"qa{k}" for k in range(1, 6)])
+    assert summary["mean_qa1_qa5"] == {"0k": 30.0}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: official.load_split(d, "3k", "qa1"), "length '3k': "),
+    (lambda d: official.load_split(d, "0k", "qa2"), "task 'qa2': "),
+    (lambda d: official.parse_list("--tasks", "qa1,qa11", tuple(official.TASK_LABELS)), "unknown ['qa11']"),
+])
+def test_bad_input_names_the_value_and_what_is_expected(tmp_path, make, message):
+    dataset = make_dataset(tmp_path / "babilong", lengths=("0k", "4k"))
+    with pytest.raises(BadInputError, match="expected") as error:
+        make(dataset)
+    assert message in str(error.value)
+    if "3k" in message:
+        assert "['0k', '4k']" in str(error.value)
+
+
+def test_a_dataset_missing_a_field_is_refused(tmp_path):
+    dataset = make_dataset(tmp_path / "babilong", lengths=("0k",), drop_field="question")
+    with pytest.raises(BadInputError, match=r"missing field\(s\) \['question'\]; expected fields input, question"):
+        official.load_split(dataset, "0k", "qa1")
+
+
+# ---- end to end on real (tiny, random) checkpoints -------------------------------------------------------------
+
+def train_tiny_run(tmp_path: Path, model_type: str) -> Path:
+    import run_finetuning_babilong_rmt as run_babilong
+    babi = tmp_path / "babi"
+    generate_babi.generate(str(babi), ["qa1"], 20, 10, seed=0)
+    config = tmp_path / f"{model_type}.json"
+    config.write_text(json.dumps(TINY_BERT if model_type == "encoder" else TINY_GPT2))
+    run_dir = tmp_path / "run"
+    run_babilong.main(["--task", "qa1", "--babi_path", str(babi), "--model_type", model_type,
+                       "--model_cfg", str(config), "--input_size", "32", "--num_mem_tokens", "2",
+                       "--max_n_segments", "4", "--num_valid_samples", "4", "--batch_size", "2", "--iters", "2",
+                       "--lr", "1e-3", "--valid_interval", "2", "--save_best", "--optimize_metric", "exact_match",
+                       "--optimize_mode", "max", "--model_path", str(run_dir)])
+    return run_dir
+
+
+@pytest.mark.parametrize("model_type", ["encoder", "decoder"])
+def test_cli_evaluates_a_run_folder(tmp_path, model_type):
+    run_dir = train_tiny_run(tmp_path, model_type)
+    dataset = make_dataset(tmp_path / "babilong", lengths=("0k", "4k"))
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "babilong.evaluate_official", "--model_cpt", str(run_dir),
+                             "--dataset", dataset, "--lengths", "0k,4k", "--tasks", "qa1,qa5", "--out", str(out)],
+                            capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    for task in ("qa1", "qa5"):
+        for length in ("0k", "4k"):
+            with open(out / f"{task}_{length}.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
+            assert len(rows) == summary["n_samples"][task][length] == len([c for c in CASES if c[0] == task])
+            right = sum(official.is_correct(r["target"], r["output"], r["question"], official.TASK_LABELS[task])
+                        for r in rows)
+            assert summary["accuracy"][task][length] == pytest.approx(100 * right / len(rows), abs=0.01)
+            if model_type == "encoder":  # a qa1 classifier answers with places only
+                assert all(r["output"] in official.TASK_LABELS["qa1"] for r in rows)
+    outside = summary["targets_outside_labels"]["qa5"]["0k"]
+    assert outside == (3 if model_type == "encoder" else 0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "qa1,qa42"], "--tasks 'qa1,qa42': unknown ['qa42']"),
+    (["--lengths", "0k,5k"], "length '5k': "),
+    (["--model_cpt", "/no/such/run"], "/no/such/run"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, argv, message):
+    dataset = make_dataset(tmp_path / "babilong", lengths=("0k",))
+    base = {"--model_cpt": str(tmp_path), "--dataset": dataset, "--lengths": "0k", "--tasks": "qa1",
+            "--out": str(tmp_path / "out")}
+    base.update(dict(zip(argv[::2], argv[1::2])))
+    result = subprocess.run([sys.executable, "-m", "babilong.evaluate_official",
+                             *[x for pair in base.items() for x in pair]], capture_output=True, text=True,
+                            cwd=REPO_ROOT)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
