@@ -12,7 +12,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from benchmarks import gpu_check
-from lm_experiments_tools import runs
+from lm_experiments_tools.offline_model import load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
@@ -34,7 +34,7 @@ def write_tiny_assets(folder: Path) -> Path:
     target = folder / gpu_check.BACKBONE_FOLDER
     torch.manual_seed(0)
     BertModel(BertConfig(**TINY_BERT)).half().save_pretrained(target)  # a backbone without a classifier
-    runs.load_tokenizer(None).save_pretrained(target)  # the offline MiniLM tokenizer
+    load_tokenizer().save_pretrained(target)  # the offline MiniLM tokenizer
     return target
 
 
