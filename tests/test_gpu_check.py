@@ -12,6 +12,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from benchmarks import gpu_check
+from lm_experiments_tools import runs
 from lm_experiments_tools.offline_model import load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
