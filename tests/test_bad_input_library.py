@@ -18,7 +18,7 @@ from lm_experiments_tools.checkpoint import (BEST_CHECKPOINT_NAME, CheckpointErr
 from lm_experiments_tools.errors import BadInputError, RunFailure
 from lm_experiments_tools.run_folder import (CommandLineError, RunFolderError, exit_with_one_line, prepare_run_folder,
                                              raise_on_parse_errors, run_files)
-from trainer_scripts.tiny_task import TinyRegressor, build_trainer, flat_parameters
+from trainer_scripts.tiny_task import build_trainer, flat_parameters
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAUNCHERS = [REPO_ROOT / "scripts/babilong/finetune_babilong_rmt.sh", REPO_ROOT / "scripts/arxiv/finetune_arxiv_rmt.sh"]
