@@ -38,10 +38,11 @@ N_SEGMENTS='{n_segments}'                     # filled in by the run script for 
 SETTING=${MODEL_TYPE}_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg${N_SEGMENTS}_tbs${TBS}_lr${LR}
 MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/$TASK/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 
+source "$REPO_ROOT/scripts/launch.sh"               # checks NNODES, NODE_RANK, MASTER_*, LAUNCHER; defines launch
 source "$REPO_ROOT/scripts/batch_setup.sh"          # checks the batch sizes, sets GRAD_ACC
 CURRICULUM=$(echo $SEGMENTS | tr ' ' ',')
 
-torchrun --nproc_per_node="$NP" "$REPO_ROOT/run_finetuning_babilong_rmt.py" \
+launch "$REPO_ROOT/run_finetuning_babilong_rmt.py" \
     --task "$TASK" ${BABI_PATH:+--babi_path "$BABI_PATH"} --noise_dataset "$NOISE_DATASET" \
     --model_type "$MODEL_TYPE" ${MODEL_NAME:+--from_pretrained "$MODEL_NAME"} ${MODEL_CPT:+--model_cpt "$MODEL_CPT"} \
     --model_path "$MODEL_PATH" \
