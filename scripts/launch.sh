@@ -28,12 +28,15 @@ _launch_error() { echo "error: $1" >&2; exit 2; }
 [[ $LAUNCHER == torchrun || $LAUNCHER == accelerate ]] \
     || _launch_error "LAUNCHER=$LAUNCHER: expected torchrun or accelerate"
 if [[ -n $ACCELERATE_CONFIG ]]; then
-    [[ $LAUNCHER == accelerate ]] || _launch_error "ACCELERATE_CONFIG=$ACCELERATE_CONFIG with LAUNCHER=$LAUNCHER: expected LAUNCHER=accelerate"
-    [[ -f $ACCELERATE_CONFIG ]] || _launch_error "ACCELERATE_CONFIG=$ACCELERATE_CONFIG: expected an existing config file"
+    [[ $LAUNCHER == accelerate ]] \
+        || _launch_error "ACCELERATE_CONFIG=$ACCELERATE_CONFIG with LAUNCHER=$LAUNCHER: expected LAUNCHER=accelerate"
+    [[ -f $ACCELERATE_CONFIG ]] \
+        || _launch_error "ACCELERATE_CONFIG=$ACCELERATE_CONFIG: expected an existing config file"
     _distributed_type=$(python -c "$_READ_DISTRIBUTED_TYPE" "$ACCELERATE_CONFIG" 2>/dev/null) \
         || _launch_error "ACCELERATE_CONFIG=$ACCELERATE_CONFIG: expected a config file written by accelerate config"
     [[ ! $_distributed_type =~ ^(DEEPSPEED|FSDP|MEGATRON_LM|XLA)$ ]] \
-        || _launch_error "ACCELERATE_CONFIG=$ACCELERATE_CONFIG asks for distributed_type $_distributed_type: expected NO, MULTI_CPU or MULTI_GPU (the Trainer runs torch DDP)"
+        || _launch_error "ACCELERATE_CONFIG=$ACCELERATE_CONFIG asks for distributed_type $_distributed_type:"\
+" expected NO, MULTI_CPU or MULTI_GPU (the Trainer runs torch DDP)"
 fi
 
 launch() {

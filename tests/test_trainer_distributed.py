@@ -19,6 +19,7 @@ import torch.multiprocessing
 
 from lm_experiments_tools import TrainerArgs
 from lm_experiments_tools.checkpoint import find_latest_checkpoint, load_checkpoint
+from test_trainer_checkpoint import wait_for_file
 from trainer_scripts.collective_then_exit import WORLD_SIZE, gather_then_exit
 from trainer_scripts.tiny_task import build_trainer, dataset_metrics, flat_parameters, keep_errors
 
@@ -91,7 +92,8 @@ def check_torn_down(report_prefix: Path, n_ranks: int) -> None:
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_double_batch(tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    command = [torchrun, "--standalone", "--nproc_per_node", "2", str(SCRIPT), *map(str, tiny_run_args(tmp_path, "ddp"))]
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", str(SCRIPT),
+               *map(str, tiny_run_args(tmp_path, "ddp"))]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert completed.returncode == 0, completed.stdout + completed.stderr
@@ -140,14 +142,6 @@ def training_ranks(launcher: subprocess.Popen) -> list:
             return workers
         time.sleep(0.05)
     raise AssertionError("the two training processes did not start")
-
-
-def wait_for_file(path: Path, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not path.exists():
-        assert process.poll() is None, f"training ended before writing {path}:\n{process.stdout.read()[-3000:]}"
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.01)
 
 
 @pytest.mark.slow
