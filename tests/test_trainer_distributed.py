@@ -19,6 +19,7 @@ import torch.multiprocessing
 
 from lm_experiments_tools import TrainerArgs
 from lm_experiments_tools.checkpoint import find_latest_checkpoint, load_checkpoint
+from lm_experiments_tools.trainer import _deferred_stop_signals
 from test_trainer_checkpoint import wait_for_file
 from trainer_scripts.collective_then_exit import WORLD_SIZE, gather_then_exit
 from trainer_scripts.tiny_task import build_trainer, dataset_metrics, flat_parameters, keep_errors
@@ -174,6 +175,22 @@ def test_sigterm_to_every_rank_saves_one_checkpoint_and_resume_equals_uninterrup
     assert f"resuming from {run / 'model_{}.pth'.format(stopped_at['iteration'])}" in output
     assert torch.equal(torch.load(tmp_path / "resumed.pt", weights_only=True),
                        torch.load(tmp_path / "ref.pt", weights_only=True))
+
+
+def test_a_late_stop_signal_cannot_kill_a_process_that_is_already_stopping():
+    """A rank stopped by another rank's SIGTERM may get its own after training ended; it must still exit 0."""
+    default = signal.getsignal(signal.SIGTERM)
+    try:
+        with _deferred_stop_signals():
+            pass
+        assert signal.getsignal(signal.SIGTERM) is default  # an ordinary end restores the handlers
+        with pytest.raises(SystemExit), _deferred_stop_signals() as received:
+            raise SystemExit(0)
+        assert signal.getsignal(signal.SIGTERM) is not default
+        os.kill(os.getpid(), signal.SIGTERM)  # the late signal is recorded, not fatal
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, default)
 
 
 @pytest.mark.slow
