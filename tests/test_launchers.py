@@ -30,6 +30,7 @@ nodes=1
 while [[ $1 == -* ]]; do [[ $1 == --nodes=* ]] && nodes=${1#--nodes=}; shift; done
 for (( node = 0; node < nodes; node++ )); do SLURM_NODEID=$node SLURM_PROCID=$node "$@" || exit; done
 """
+LAUNCH_VARIABLES = {"NP", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "LAUNCHER", "ACCELERATE_CONFIG"}
 STUB_SCONTROL = '#!/usr/bin/env bash\n[[ "$1 $2" == "show hostnames" ]] && printf "gpu-017\\ngpu-018\\n"\n'
 
 
@@ -48,7 +49,8 @@ def stubs(tmp_path):
 def run_launcher(script: Path, stubs, variables: dict, cwd: Path, *args) -> tuple:
     """Run `script` with the stubs first on PATH; returns the finished process and the recorded command lines."""
     folder, log = stubs
-    env = {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}", "STUB_LOG": str(log),
+    inherited = {name: value for name, value in os.environ.items() if name not in LAUNCH_VARIABLES}
+    env = {**inherited, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}", "STUB_LOG": str(log),
            "RUNS_DIR": str(cwd / "runs"), **variables}
     finished = subprocess.run(["bash", str(script), *args], env=env, cwd=cwd, capture_output=True, text=True,
                               timeout=60)
