@@ -20,6 +20,7 @@ import torch.multiprocessing
 from lm_experiments_tools import TrainerArgs
 from lm_experiments_tools.checkpoint import find_latest_checkpoint, load_checkpoint
 from lm_experiments_tools.trainer import _deferred_stop_signals
+from test_launchers import LAUNCH_VARIABLES
 from test_trainer_checkpoint import wait_for_file
 from trainer_scripts.collective_then_exit import WORLD_SIZE, gather_then_exit
 from trainer_scripts.tiny_task import build_trainer, dataset_metrics, flat_parameters, keep_errors
@@ -43,9 +44,11 @@ def flag_list(flags: dict) -> list:
 
 
 def launcher_env(**variables) -> dict:
-    """The test's environment with the venv's torchrun/accelerate first on PATH, a free port and the variables."""
+    """The test's environment without launch variables, the venv's torchrun/accelerate first on PATH, a free port
+    and `variables`."""
+    inherited = {name: value for name, value in os.environ.items() if name not in LAUNCH_VARIABLES}
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    return {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()), **variables}
+    return {**inherited, "PATH": path, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()), **variables}
 
 
 def start_launcher(env: dict, *args) -> subprocess.Popen:
