@@ -68,7 +68,10 @@ class _IntervalStats:
 def _deferred_stop_signals():
     """Record SIGTERM/SIGINT instead of dying, so that the current step can finish and be saved.
 
-    Yields the list of received signal numbers. A second SIGINT interrupts at once (KeyboardInterrupt).
+    Yields the list of received signal numbers. A second SIGINT interrupts at once (KeyboardInterrupt). When the
+    block ends with SystemExit (the run stopped on a signal), the recording handlers stay: under torchrun a process
+    may be stopped by another process's signal and receive its own a moment later, which must not kill it while it
+    exits cleanly.
     """
     received = []
     if threading.current_thread() is not threading.main_thread():
@@ -83,9 +86,17 @@ def _deferred_stop_signals():
     previous = {signum: signal.signal(signum, record) for signum in STOP_SIGNALS}
     try:
         yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    except SystemExit:
+        raise
+    except BaseException:
+        _restore_handlers(previous)
+        raise
+    _restore_handlers(previous)
+
+
+def _restore_handlers(handlers: dict) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 class Trainer:

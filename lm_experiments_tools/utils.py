@@ -1,9 +1,11 @@
 """Helpers for experiment scripts: class lookup by name, distributed setup and run bookkeeping.
 
-A script starts with `init_distributed()` (it reads the environment `torchrun` sets), builds its samplers and
-data loaders, calls `prepare_run(args, logger)` to record the run next to its checkpoints, and hands everything
-to `Trainer`. Nothing here runs at import time.
+A script starts with `init_distributed()` (it reads the environment that `torchrun` and `accelerate launch` set),
+builds its samplers and data loaders, calls `prepare_run(args, logger)` to record the run next to its checkpoints,
+and hands everything to `Trainer`. The process group is torn down when the process exits, whichever way it exits.
+Nothing here runs at import time.
 """
+import atexit
 import dataclasses
 import functools
 import importlib
@@ -84,9 +86,10 @@ def get_optimizer(name: str):
 
 
 def init_distributed() -> DistributedContext:
-    """Set up the process group when launched by torchrun; a plain `python script.py` gets a single process.
+    """Set up the process group when launched by torchrun or `accelerate launch`; `python script.py` gets one process.
 
-    Idempotent: later calls return the first call's result. NCCL on CUDA, gloo on CPU.
+    Idempotent: later calls return the first call's result. NCCL on CUDA, gloo on CPU. The group is destroyed at
+    exit (normal end, SystemExit, uncaught exception) unless `destroy_distributed` was called before.
 
     Returns:
         DistributedContext with rank, local_rank, world_size and device.
@@ -104,10 +107,36 @@ def init_distributed() -> DistributedContext:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        atexit.register(_destroy_distributed_at_exit)
     if dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
     _distributed_context = DistributedContext(rank, local_rank, world_size, device)
     return _distributed_context
+
+
+def destroy_distributed(failed: bool = False) -> None:
+    """Tear down the process group (if any) so that the next `init_distributed` starts afresh.
+
+    Without this, gloo's worker threads may still be finishing the last collective (releasing its tensors) while
+    the interpreter shuts down, and the process then aborts at exit ("terminate called without an active
+    exception", exit code -6; tests/test_trainer_distributed.py reproduces it).
+
+    Args:
+        failed: the process is ending on an error. NCCL groups are then aborted, because a graceful destroy waits
+            for collectives that the other processes may never join; gloo groups shut down locally either way.
+    """
+    global _distributed_context
+    if dist.is_available() and dist.is_initialized():
+        if failed and dist.get_backend() == "nccl":
+            dist.distributed_c10d._abort_process_group()
+        else:
+            dist.destroy_process_group()
+    _distributed_context = None
+
+
+def _destroy_distributed_at_exit() -> None:
+    # the interpreter records an uncaught exception in sys.last_value before it runs the exit handlers
+    destroy_distributed(failed=getattr(sys, "last_value", None) is not None)
 
 
 def get_distributed_rank() -> int:

@@ -1,7 +1,8 @@
 # Sourced by the launchers, after their variables: checks that the integer variables are integers (NP, ITERS, TBS
 # and BS positive; the others, where set, any integer: the run script checks their range) and sets
-# GRAD_ACC = TBS / (BS * NP). RESUME=1 / OVERWRITE=1 append --resume / --overwrite to the launcher's arguments
-# (continue the run in MODEL_PATH, or start it over deleting its checkpoints); SEGMENT_CHECKPOINTING=1 appends
+# GRAD_ACC = TBS / (BS * NP * NNODES), TBS being the total batch over all machines (NNODES is checked by
+# scripts/launch.sh, sourced before this file). RESUME=1 / OVERWRITE=1 append --resume / --overwrite to the
+# launcher's arguments (continue the run in MODEL_PATH, or start it over deleting its checkpoints); SEGMENT_CHECKPOINTING=1 appends
 # --segment_checkpointing (memory-bounded BPTT). Bad values stop with one line, exit 2.
 INTEGER_VARIABLES="VALID_INTERVAL WARMUP PATIENCE INPUT_SIZE MEMORY_SIZE MAX_N_SEGMENTS K2 SEED RUN_N
                    NUM_VALID_SAMPLES LOG_INTERVAL"
@@ -14,10 +15,12 @@ done
 for name in RESUME OVERWRITE SEGMENT_CHECKPOINTING; do
     [[ ${!name:-0} =~ ^[01]$ ]] || { echo "error: $name=${!name}: expected 0 or 1" >&2; exit 2; }
 done
-if (( TBS % (BS * NP) != 0 )); then
-    echo "error: TBS=$TBS is not divisible by BS*NP=$((BS * NP)): expected a multiple" >&2; exit 2
+PROCESSES=$(( NP * ${NNODES:-1} ))
+if (( TBS % (BS * PROCESSES) != 0 )); then
+    factors="BS*NP"; (( PROCESSES == NP )) || factors="BS*NP*NNODES"
+    echo "error: TBS=$TBS is not divisible by $factors=$((BS * PROCESSES)): expected a multiple" >&2; exit 2
 fi
-GRAD_ACC=$(( TBS / (BS * NP) ))
+GRAD_ACC=$(( TBS / (BS * PROCESSES) ))
 if (( ${RESUME:-0} )); then set -- "$@" --resume; fi
 if (( ${OVERWRITE:-0} )); then set -- "$@" --overwrite; fi
 if (( ${SEGMENT_CHECKPOINTING:-0} )); then set -- "$@" --segment_checkpointing; fi

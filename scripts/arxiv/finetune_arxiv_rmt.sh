@@ -9,7 +9,7 @@
 set -euo pipefail
 REPO_ROOT="$(realpath "$(dirname "${BASH_SOURCE[0]}")/../..")"
 
-NP=${NP:-1}                              # processes (GPUs) for torchrun
+NP=${NP:-1}                              # processes (GPUs) per machine
 MODEL_NAME=${MODEL_NAME-gpt2}            # --from_pretrained; empty: offline default backbone
 DATASET_PATH=${DATASET_PATH:-}           # load_from_disk folder; empty: offline default text
 INPUT_SIZE=${INPUT_SIZE:-1024}           # tokens per forward: segment + 2 * MEMORY_SIZE
@@ -34,13 +34,14 @@ MODEL_TAG=${MODEL_NAME:-gpt2-small-scratch}
 SETTING=lm_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg${MAX_N_SEGMENTS}_k2${K2}_tbs${TBS}_lr${LR}
 MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/arxiv/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 
+source "$REPO_ROOT/scripts/launch.sh"               # checks NNODES, NODE_RANK, MASTER_*, LAUNCHER; defines launch
 source "$REPO_ROOT/scripts/batch_setup.sh"          # checks the integers, sets GRAD_ACC, RESUME/OVERWRITE flags
 TENTH=$(( ITERS / 10 > 0 ? ITERS / 10 : 1 ))
 VALID_INTERVAL=${VALID_INTERVAL:-$TENTH}
 WARMUP=${WARMUP:-$TENTH}                 # linear warm-up steps (ITERS/10)
 LOG_INTERVAL=${LOG_INTERVAL:-$(( TENTH < 50 ? TENTH : 50 ))}
 
-torchrun --nproc_per_node="$NP" "$REPO_ROOT/run_finetuning_arxiv_rmt.py" \
+launch "$REPO_ROOT/run_finetuning_arxiv_rmt.py" \
     ${MODEL_NAME:+--from_pretrained "$MODEL_NAME"} \
     ${DATASET_PATH:+--dataset_path "$DATASET_PATH"} \
     ${MODEL_CPT:+--model_cpt "$MODEL_CPT"} \

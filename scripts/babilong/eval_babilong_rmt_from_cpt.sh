@@ -27,7 +27,8 @@ SEED=${SEED:-42}
 [[ $NP =~ ^[1-9][0-9]*$ ]] || { echo "error: NP=$NP: expected a positive integer" >&2; exit 2; }
 [[ $BS =~ ^[1-9][0-9]*$ ]] || { echo "error: BS=$BS: expected a positive integer" >&2; exit 2; }
 
-torchrun --nproc_per_node="$NP" "$REPO_ROOT/run_finetuning_babilong_rmt.py" --validate_only \
+source "$REPO_ROOT/scripts/launch.sh"               # checks NNODES, NODE_RANK, MASTER_*, LAUNCHER; defines launch
+launch "$REPO_ROOT/run_finetuning_babilong_rmt.py" --validate_only \
     --task "$TASK" ${BABI_PATH:+--babi_path "$BABI_PATH"} --noise_dataset "$NOISE_DATASET" \
     --model_type "$MODEL_TYPE" ${MODEL_NAME:+--from_pretrained "$MODEL_NAME"} --model_cpt "$MODEL_CPT" \
     --input_size "$INPUT_SIZE" --num_mem_tokens "$MEMORY_SIZE" --eval_n_segments "$(echo $SEGMENTS | tr ' ' ',')" \

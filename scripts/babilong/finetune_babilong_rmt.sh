@@ -10,7 +10,7 @@
 set -euo pipefail
 REPO_ROOT="$(realpath "$(dirname "${BASH_SOURCE[0]}")/../..")"
 
-NP=${NP:-1}                                   # processes (GPUs) for torchrun
+NP=${NP:-1}                                   # processes (GPUs) per machine
 TASK=${TASK:-memorize}                        # memorize, detect_memorize, reasoning, qa1..qa20 (needs BABI_PATH)
 BABI_PATH=${BABI_PATH:-}                      # folder with the bAbI files; default data/babi if it exists
 [[ -n $BABI_PATH || ! -d $REPO_ROOT/data/babi ]] || BABI_PATH=$REPO_ROOT/data/babi
@@ -27,6 +27,7 @@ BS=${BS:-8}                                   # samples per forward pass per pro
 RESUME=${RESUME:-0}                           # 1: continue the run in MODEL_PATH (--resume)
 OVERWRITE=${OVERWRITE:-0}                     # 1: start MODEL_PATH over, deleting its checkpoints (--overwrite)
 SEGMENT_CHECKPOINTING=${SEGMENT_CHECKPOINTING:-0}  # 1: recompute segment activations in backward (memory of ~1 segment)
+source "$REPO_ROOT/scripts/launch.sh"    # checks NNODES, NODE_RANK, MASTER_*, LAUNCHER; defines launch
 source "$REPO_ROOT/scripts/batch_setup.sh"    # checks the integers (before they are used), sets GRAD_ACC
 LR=${LR:-1e-5}
 WEIGHT_DECAY=${WEIGHT_DECAY:-1e-3}
@@ -45,7 +46,7 @@ MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/$TASK/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 
 CURRICULUM=$(echo $SEGMENTS | tr ' ' ',')
 
-torchrun --nproc_per_node="$NP" "$REPO_ROOT/run_finetuning_babilong_rmt.py" \
+launch "$REPO_ROOT/run_finetuning_babilong_rmt.py" \
     --task "$TASK" ${BABI_PATH:+--babi_path "$BABI_PATH"} --noise_dataset "$NOISE_DATASET" \
     --model_type "$MODEL_TYPE" ${MODEL_NAME:+--from_pretrained "$MODEL_NAME"} ${MODEL_CPT:+--model_cpt "$MODEL_CPT"} \
     --model_path "$MODEL_PATH" \

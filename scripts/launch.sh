@@ -1,0 +1,57 @@
+# Sourced by the launchers: checks the launch variables below and defines `launch ENTRY_POINT ARGS...`, which starts
+# the entry point on NP processes on each of NNODES machines with torchrun (LAUNCHER=torchrun, the default) or with
+# `accelerate launch` (LAUNCHER=accelerate). Both set the environment the Trainer reads (RANK, WORLD_SIZE,
+# LOCAL_RANK, MASTER_ADDR, MASTER_PORT), so the Python side is the same either way. Several machines: run the same
+# launcher on each, with the same NNODES, MASTER_ADDR (the address of the NODE_RANK=0 machine) and MASTER_PORT, and
+# NODE_RANK 0 .. NNODES-1 (scripts/slurm/ does this under Slurm; README "Several machines").
+# Under accelerate, NP, NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT override what ACCELERATE_CONFIG says, and the
+# precision is the entry point's own (--fp16 / --bf16; accelerate's mixed_precision is set to 'no'). A config that
+# asks for DeepSpeed, FSDP, Megatron-LM or TPUs is refused: the Trainer runs torch DDP.
+NNODES=${NNODES:-1}                      # machines
+NODE_RANK=${NODE_RANK:-0}                # this machine's rank, 0 .. NNODES-1
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}    # address of the NODE_RANK=0 machine, reachable from all machines
+MASTER_PORT=${MASTER_PORT:-29500}        # a free TCP port on that machine
+LAUNCHER=${LAUNCHER:-torchrun}           # torchrun or accelerate
+ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-} # `accelerate config` file (LAUNCHER=accelerate only); empty: none
+
+_READ_DISTRIBUTED_TYPE='import sys; from accelerate.commands.config.config_args import load_config_from_file as load
+print(load(sys.argv[1]).distributed_type.value)'
+
+_launch_error() { echo "error: $1" >&2; exit 2; }
+[[ $NNODES =~ ^[1-9][0-9]*$ ]] || _launch_error "NNODES=$NNODES: expected a positive integer"
+[[ $NODE_RANK =~ ^(0|[1-9][0-9]*)$ ]] && (( NODE_RANK < NNODES )) \
+    || _launch_error "NODE_RANK=$NODE_RANK: expected an integer from 0 to NNODES-1=$(( NNODES - 1 ))"
+[[ $MASTER_PORT =~ ^[1-9][0-9]*$ ]] && (( MASTER_PORT >= 1 && MASTER_PORT <= 65535 )) \
+    || _launch_error "MASTER_PORT=$MASTER_PORT: expected a port number from 1 to 65535"
+[[ -n $MASTER_ADDR && $MASTER_ADDR != *[[:space:]]* ]] \
+    || _launch_error "MASTER_ADDR='$MASTER_ADDR': expected a host name or IP address"
+[[ $LAUNCHER == torchrun || $LAUNCHER == accelerate ]] \
+    || _launch_error "LAUNCHER=$LAUNCHER: expected torchrun or accelerate"
+if [[ -n $ACCELERATE_CONFIG ]]; then
+    [[ $LAUNCHER == accelerate ]] \
+        || _launch_error "ACCELERATE_CONFIG=$ACCELERATE_CONFIG with LAUNCHER=$LAUNCHER: expected LAUNCHER=accelerate"
+    [[ -f $ACCELERATE_CONFIG ]] \
+        || _launch_error "ACCELERATE_CONFIG=$ACCELERATE_CONFIG: expected an existing config file"
+    _distributed_type=$(python -c "$_READ_DISTRIBUTED_TYPE" "$ACCELERATE_CONFIG" 2>/dev/null) \
+        || _launch_error "ACCELERATE_CONFIG=$ACCELERATE_CONFIG: expected a config file written by accelerate config"
+    [[ ! $_distributed_type =~ ^(DEEPSPEED|FSDP|MEGATRON_LM|XLA)$ ]] \
+        || _launch_error "ACCELERATE_CONFIG=$ACCELERATE_CONFIG asks for distributed_type $_distributed_type:"\
+" expected NO, MULTI_CPU or MULTI_GPU (the Trainer runs torch DDP)"
+fi
+
+launch() {
+    local entry_point=$1
+    shift
+    if [[ $LAUNCHER == torchrun ]]; then
+        torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+            --nproc_per_node "$NP" "$entry_point" "$@"
+        return
+    fi
+    local processes=$(( NP * NNODES ))
+    local multi_process=()
+    (( processes == 1 )) || multi_process=(--multi_gpu --gpu_ids all)  # torch DDP; gloo on machines without CUDA
+    accelerate launch ${ACCELERATE_CONFIG:+--config_file "$ACCELERATE_CONFIG"} "${multi_process[@]}" \
+        --num_processes "$processes" --num_machines "$NNODES" --machine_rank "$NODE_RANK" \
+        --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --same_network \
+        --mixed_precision no --dynamo_backend no "$entry_point" "$@"
+}
