@@ -364,7 +364,7 @@ def evaluate(experiment: Experiment, stage: Stage, *, checkpoint: Path, results_
               "trained_n_segments": trained_n_segments, "accuracy": metrics["exact_match"],
               "f1_micro": metrics.get("f1_micro"), "n_samples": int(metrics["n_samples"]),
               "n_labels": len(experiment.task.labels), "noise_dataset": args.noise_dataset,
-              "checkpoint": str(checkpoint), "seconds": round(time.perf_counter() - started, 1),
+              "checkpoint": str(checkpoint), "seconds": round(time.perf_counter() - started, 3),
               "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if experiment.context.is_main and results_dir is not None:
         path = append_result(results_dir, record)

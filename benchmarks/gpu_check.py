@@ -432,6 +432,13 @@ def resume_figures(output: str, resumed_to: int) -> dict:
             "resumed_steps": [steps[0], steps[-1]] if steps else None, "resume_ok": ok}
 
 
+def forget_final_evaluation(runs_dir: Path, n_segments: int) -> None:
+    """Make a finished stage look killed before its final evaluation, so that `--resume` continues its training
+    (a stage whose evaluation is recorded counts as finished and is skipped)."""
+    for results in runs_dir.rglob(f"*_seg{n_segments}_*/run_*/results.jsonl"):
+        results.unlink()
+
+
 def train_with_precision(sizes: Sizes, assets: Path, precision: str, out_dir: Path) -> None:
     flags = [f"--{precision}", "--log_interval", str(sizes.train_log_interval),
              "--save_interval", sizes.train_env["ITERS"]]  # one resumable checkpoint per stage: fewer writes
@@ -439,6 +446,7 @@ def train_with_precision(sizes: Sizes, assets: Path, precision: str, out_dir: Pa
     with tempfile.TemporaryDirectory(prefix=f"gpu_check_{precision}_") as runs_dir:
         runs_dir = Path(runs_dir)  # checkpoints stay out of out_dir: only logs and figures travel back
         run_launcher(launcher_env(sizes, assets, runs_dir, "1 2", None), flags, out_dir / f"train_{precision}.log")
+        forget_final_evaluation(runs_dir, n_segments=2)
         output = run_launcher(launcher_env(sizes, assets, runs_dir, "2", sizes.resume_iters), [*flags, "--resume"],
                               out_dir / f"train_{precision}_resume.log")
         losses = stage_scalars(runs_dir, "loss/iterations/train")

@@ -95,5 +95,6 @@ def test_dry_run_trains_through_the_launcher_without_datasets_and_minilm(tmp_pat
         assert set(figures["train_loss"]) == {"1", "2"} and figures["nonfinite_steps"] == 0
         assert figures["resume_ok"] and figures["resumed_at_step"] == 2 and figures["resumed_steps"] == [3, 3]
     memory = [line for line in lines if line["part"] == "bptt_memory" and "n_segments" in line]
-    assert [line["n_segments"] for line in memory] == [1, 2, 4]  # without segment checkpointing at least
+    for checkpointing in (False, True):  # full BPTT, then memory-bounded BPTT
+        assert [line["n_segments"] for line in memory if line["segment_checkpointing"] is checkpointing] == [1, 2, 4]
     assert all(line["status"] == "ok" for line in lines if set(line) == {"part", "status", "seconds"})
