@@ -224,3 +224,18 @@ def test_processes_ending_right_after_a_collective_exit_cleanly():
                      for rank in range(WORLD_SIZE)]
         errors = [process.communicate(timeout=TIMEOUT)[1] for process in processes]
         assert [process.returncode for process in processes] == [0] * WORLD_SIZE, "\n".join(errors)[-3000:]
+
+
+@pytest.mark.slow
+def test_no_process_tears_down_while_another_is_still_working():
+    """Rank 1 ends right after the last collective, rank 0 works 2 s longer: rank 1 waits for it at exit instead of
+    destroying its group and ending while its peer still runs."""
+    port = str(free_port())
+    processes = [subprocess.Popen([sys.executable, str(EXIT_RACE_SCRIPT), str(rank), port, "2"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                 for rank in range(WORLD_SIZE)]
+    outputs = [process.communicate(timeout=TIMEOUT)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0] * WORLD_SIZE, "\n".join(outputs)[-3000:]
+    rank0_done = float(outputs[0].split("done ")[1].split()[0])
+    rank1_torn_down = float(outputs[1].split("torn down ")[1].split()[0])
+    assert rank1_torn_down >= rank0_done, outputs
