@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from .checkpoint import CheckpointError, find_latest_checkpoint
 from .errors import BAD_INPUT_EXIT_CODE, RUN_FAILURE_EXIT_CODE, BadInputError
+from .utils import destroy_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -187,4 +188,6 @@ def exit_with_one_line(run_folder: Callable[[], str | None] | str | None = None,
             where = f" (traceback: {write_error_log(folder, error)})"
         logging.shutdown()  # flush log handlers, so that nothing is printed after the error line
         print(f"{_process_label()}error: {describe_failure(error, folder)}{where}", file=sys.stderr, flush=True)
+        # the other processes may never reach the exit barrier of a normal ending: tear down as a failure now
+        destroy_distributed(failed=True)
         sys.exit(code)

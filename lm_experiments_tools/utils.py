@@ -119,15 +119,22 @@ def destroy_distributed(failed: bool = False) -> None:
 
     Without this, gloo's worker threads may still be finishing the last collective (releasing its tensors) while
     the interpreter shuts down, and the process then aborts at exit ("terminate called without an active
-    exception", exit code -6; tests/test_trainer_distributed.py reproduces it).
+    exception", exit code -6; tests/test_trainer_distributed.py reproduces it). On a normal ending every process
+    first waits at a barrier for all the others, so that none closes its connections (or, hosting the store,
+    takes it down) while a slower peer is still in its last collective: destroying the group does not stop
+    gloo's threads while a DistributedDataParallel model still holds the group, so they outlive this call.
 
     Args:
-        failed: the process is ending on an error. NCCL groups are then aborted, because a graceful destroy waits
-            for collectives that the other processes may never join; gloo groups shut down locally either way.
+        failed: the process is ending on an error. There is no barrier then, because the other processes may never
+            reach theirs, and NCCL groups are aborted, because a graceful destroy waits for collectives that the
+            other processes may never join; gloo groups shut down locally either way.
     """
     global _distributed_context
     if dist.is_available() and dist.is_initialized():
-        if failed and dist.get_backend() == "nccl":
+        if not failed:
+            dist.barrier()
+            dist.destroy_process_group()
+        elif dist.get_backend() == "nccl":
             dist.distributed_c10d._abort_process_group()
         else:
             dist.destroy_process_group()

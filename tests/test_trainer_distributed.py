@@ -28,6 +28,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).parent / "trainer_scripts" / "train_tiny.py"
 LAUNCHER = Path(__file__).parent / "trainer_scripts" / "launch_tiny.sh"
 EXIT_RACE_SCRIPT = Path(__file__).parent / "trainer_scripts" / "collective_then_exit.py"
+FAIL_ON_ONE_RANK_SCRIPT = Path(__file__).parent / "trainer_scripts" / "fail_on_one_rank.py"
+FAILURE_EXIT_SECONDS = 60  # far below gloo's 30-minute collective timeout, which a wrong exit barrier would wait for
 COMMON_FLAGS = {"iters": 3, "lr": 0.05, "valid_interval": 3, "save_interval": 3, "seed": 5}
 TIMEOUT = 240
 EXIT_RACE_RUNS = 6
@@ -213,14 +215,44 @@ def test_every_ending_tears_the_process_group_down(tmp_path, ending, flags, expe
     check_torn_down(tmp_path / "exit", 2)
 
 
+def run_two_ranks(script: Path, *args, timeout: float = TIMEOUT) -> tuple:
+    """Start `script RANK PORT *args` as rank 0 and rank 1 of a gloo group; their exit codes and outputs."""
+    port = str(free_port())
+    processes = [subprocess.Popen([sys.executable, str(script), str(rank), port, *map(str, args)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+                 for rank in range(WORLD_SIZE)]
+    try:
+        outputs = [process.communicate(timeout=timeout)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    return [process.returncode for process in processes], outputs
+
+
 @pytest.mark.slow
 def test_processes_ending_right_after_a_collective_exit_cleanly():
     """The exit race behind 'terminate called without an active exception' (3 of 10 runs aborted before
     init_distributed registered the teardown)."""
     for _ in range(EXIT_RACE_RUNS):
-        port = str(free_port())
-        processes = [subprocess.Popen([sys.executable, str(EXIT_RACE_SCRIPT), str(rank), port], stderr=subprocess.PIPE,
-                                      text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-                     for rank in range(WORLD_SIZE)]
-        errors = [process.communicate(timeout=TIMEOUT)[1] for process in processes]
-        assert [process.returncode for process in processes] == [0] * WORLD_SIZE, "\n".join(errors)[-3000:]
+        codes, outputs = run_two_ranks(EXIT_RACE_SCRIPT)
+        assert codes == [0] * WORLD_SIZE, "\n".join(outputs)[-3000:]
+
+
+@pytest.mark.slow
+def test_no_process_tears_down_while_another_is_still_working():
+    """Rank 1 ends right after the last collective, rank 0 works 2 s longer: rank 1 waits for it at exit instead of
+    destroying its group and ending while its peer still runs."""
+    codes, outputs = run_two_ranks(EXIT_RACE_SCRIPT, 2)
+    assert codes == [0] * WORLD_SIZE, "\n".join(outputs)[-3000:]
+    rank0_done = float(outputs[0].split("done ")[1].split()[0])
+    rank1_torn_down = float(outputs[1].split("torn down ")[1].split()[0])
+    assert rank1_torn_down >= rank0_done, outputs
+
+
+@pytest.mark.slow
+def test_a_failure_on_one_rank_ends_every_process_at_once():
+    """The exit barrier is for normal endings only: a rank failing through exit_with_one_line skips it."""
+    codes, outputs = run_two_ranks(FAIL_ON_ONE_RANK_SCRIPT, timeout=FAILURE_EXIT_SECONDS)
+    assert codes == [1] * WORLD_SIZE, "\n".join(outputs)[-3000:]
+    assert "rank 1: error: failing on purpose on rank 1" in outputs[1]
