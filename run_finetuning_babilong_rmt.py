@@ -61,7 +61,7 @@ from lm_experiments_tools.runs import (RunArgs, bptt_depth_from_segments, bptt_s
                                        start_run, train_batches, write_run_config)
 from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer, offline_model_path, small_gpt2_config
 from lm_experiments_tools.run_folder import prepare_run_folder
-from lm_experiments_tools.utils import CONFIG_FILE, get_cls_by_name
+from lm_experiments_tools.utils import CONFIG_FILE, get_cls_by_name, parse_positive_ints
 
 logger = logging.getLogger(__name__)
 
@@ -126,12 +126,7 @@ class BabilongArgs(RunArgs):
         value = getattr(self, option)
         if value is None:
             return []
-        try:
-            counts = [int(item) for item in value.split(",")]
-        except ValueError:
-            counts = []
-        if not counts or min(counts) < 1:
-            raise BadInputError(f"--{option} {value!r}: expected comma-separated positive integers, e.g. 1,2,4")
+        counts = parse_positive_ints(value, option)
         if len(set(counts)) < len(counts):  # a repeated stage would train again into the same run folder
             raise BadInputError(f"--{option} {value!r} repeats a segment count: expected distinct counts, e.g. 1,2,4")
         return counts

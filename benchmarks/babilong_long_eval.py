@@ -23,7 +23,7 @@ from pathlib import Path
 
 from babilong.results import RESULTS_FILE, read_results
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
-from lm_experiments_tools.utils import CONFIG_FILE
+from lm_experiments_tools.utils import CONFIG_FILE, parse_positive_ints
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAIN_JOB_RUNS = REPO_ROOT / "runs" / "offline_main_job"
@@ -89,16 +89,6 @@ def format_table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def _int_list(text: str, name: str) -> list:
-    try:
-        values = [int(item) for item in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise ValueError(f"--{name} {text!r}: expected comma-separated positive integers")
-    return values
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_cpt", type=Path, default=None,
@@ -120,9 +110,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         run_dir = args.model_cpt or most_trained_run(MAIN_JOB_RUNS)
-        lengths = _int_list(args.lengths, "lengths")
-        batch_sizes = _int_list(args.batch_sizes, "batch_sizes")
-        n_samples = _int_list(args.n_samples, "n_samples")
+        lengths = parse_positive_ints(args.lengths, "lengths")
+        batch_sizes = parse_positive_ints(args.batch_sizes, "batch_sizes")
+        n_samples = parse_positive_ints(args.n_samples, "n_samples")
         if len(n_samples) not in (1, len(batch_sizes)):
             raise ValueError(f"--n_samples {args.n_samples!r}: expected one number or one per batch size "
                              f"({len(batch_sizes)})")

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from lm_experiments_tools.errors import BadInputError
+
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
@@ -63,6 +65,21 @@ def get_cls_by_name(name: str):
     if not hasattr(module, attr_name):
         raise ValueError(f"module {module_name!r} has no attribute {attr_name!r} (from {name!r})")
     return getattr(module, attr_name)
+
+
+def parse_positive_ints(text: str, flag: str) -> list:
+    """The comma-separated positive integers of a list flag such as --curriculum 1,2,4.
+
+    Raises:
+        BadInputError naming the flag and its value when an item is empty, not an integer or below 1.
+    """
+    try:
+        values = [int(item) for item in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise BadInputError(f"--{flag} {text!r}: expected comma-separated positive integers, e.g. 1,2,4")
+    return values
 
 
 def get_optimizer(name: str):
