@@ -166,8 +166,10 @@ class Trainer:
                                 f"checkpoint file")
         if self.args.model_path is not None:
             check_writable(Path(self.args.model_path))
-        if self.valid_dataloader is None and (self.args.save_best or self.args.early_stopping_patience):
-            logger.warning("save_best / early_stopping_patience have no effect without a valid_dataloader")
+        if self.valid_dataloader is None and (self.args.save_best or self.args.early_stopping_patience
+                                              or self.args.early_stopping_target is not None):
+            logger.warning("save_best / early_stopping_patience / early_stopping_target have no effect without a "
+                           "valid_dataloader")
 
     def _wrap_for_processes(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.distributed.world_size == 1:
@@ -491,6 +493,12 @@ class Trainer:
             return True
         return value < self.best_metric_value if self.args.optimize_mode == "min" else value > self.best_metric_value
 
+    def _reached_target(self, value: float) -> bool:
+        target = self.args.early_stopping_target
+        if target is None:
+            return False
+        return value <= target if self.args.optimize_mode == "min" else value >= target
+
     def _validate_and_decide(self) -> bool:
         """Validate; update best checkpoint, lr drop and early stopping. Returns whether to stop early."""
         metrics = self.validate(self.valid_dataloader)
@@ -508,6 +516,10 @@ class Trainer:
                                self.validations_without_improvement, self.n_iter)
         if improved and self.args.save_best:
             self.save(self.args.model_path, suffix="best", metrics=metrics)
+        if self._reached_target(value):
+            self._log(f"early stopping at step {self.n_iter}: {self.args.optimize_metric}={value:.4g} reached the "
+                      f"target {self.args.early_stopping_target:.4g}")
+            return True
         patience = self.args.early_stopping_patience
         if patience is not None and self.validations_without_improvement >= patience:
             self._log(f"early stopping at step {self.n_iter}: {self.args.optimize_metric} did not improve in "

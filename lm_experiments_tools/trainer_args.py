@@ -80,6 +80,9 @@ class TrainerArgs:
         None, "Clip every gradient element to [-value, value]; exclusive with clip_grad_norm")
     early_stopping_patience: int | None = _help(
         None, "Stop after this many validations without improvement of optimize_metric; None never stops early")
+    early_stopping_target: float | None = _help(
+        None, "Stop at the first validation whose optimize_metric reaches this value (>= for optimize_mode max, "
+              "<= for min), e.g. exact_match 1.0 in a curriculum stage; None never stops on a value")
     lr_scheduler: str | None = _help(
         None, f"Per-step schedule of transformers.get_scheduler, one of {', '.join(STEP_LR_SCHEDULERS)}; "
               f"needs lr; None keeps lr constant")
@@ -145,6 +148,8 @@ class TrainerArgs:
                 _require_finite(name, getattr(self, name), "a finite number > 0", lambda value: value > 0)
         for name in NON_NEGATIVE_FLOATS:
             _require_finite(name, getattr(self, name), "a finite number >= 0", lambda value: value >= 0)
+        if self.early_stopping_target is not None:
+            _require_finite("early_stopping_target", self.early_stopping_target, "a finite number", lambda value: True)
         _require_finite("lr_drop_factor", self.lr_drop_factor, "a number between 0 and 1 (exclusive)",
                         lambda value: 0 < value < 1)
 

@@ -47,6 +47,7 @@ BABILONG_NUMERIC_FLAGS = {
     "--log_interval": ["0", "-1", "nan"],
     "--save_interval": ["0", "-1", "inf"],
     "--early_stopping_patience": ["0", "-1", "nan"],
+    "--early_stopping_target": ["nan", "inf", "abc"],
     "--max_nonfinite_steps": ["0", "-1", "inf"],
     "--seed": ["-1", "nan", "abc"],
     "--input_size": ["0", "-1", "nan", "inf", "abc"],

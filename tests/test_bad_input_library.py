@@ -34,6 +34,7 @@ NUMERIC_OPTIONS = [
     ("valid_interval", [0, -5, NAN, INF], [None, 1]),
     ("save_interval", [0, -5, NAN, INF], [None, 1]),
     ("early_stopping_patience", [0, -1, NAN, INF], [None, 1]),
+    ("early_stopping_target", [NAN, INF, -INF, "1"], [None, 1.0, -3, 0]),
     ("num_warmup_steps", [-1, NAN, INF, 0.5], [0, 10]),
     ("num_training_steps", [0, -1, NAN, INF], [None, 1]),
     ("clip_grad_norm", [0, -1.0, NAN, INF, "1"], [None, 1.0]),

@@ -162,6 +162,23 @@ def test_early_stopping_after_patience_validations(tmp_path):
     assert trainer.validations_without_improvement == 4
 
 
+@pytest.mark.parametrize("mode, target, values, stop_step", [
+    ("max", 1.0, [0.5, 0.9, 1.0, 1.0, 1.0], 9),   # stops at the first validation that reaches the target
+    ("max", 1.0, [0.5, 0.9, 0.95, 0.97, 0.99], 15),  # never reached: trains all iters
+    ("min", 0.2, [0.9, 0.5, 0.3, 0.19, 0.1], 12),
+])
+def test_early_stopping_at_target(mode, target, values, stop_step):
+    by_step = {0: values[0], **{3 * (i + 1): value for i, value in enumerate(values)}}
+    holder, batch_metrics_fn = scripted_metric(by_step)
+    args = TrainerArgs(iters=15, valid_interval=3, early_stopping_target=target, optimize_metric="score",
+                       optimize_mode=mode)
+    trainer = build_trainer(args, batch_metrics_fn=batch_metrics_fn)
+    holder["trainer"] = trainer
+    result = trainer.train()
+    assert trainer.n_iter == stop_step
+    assert result["score"] == pytest.approx(by_step[stop_step])  # the best is the last validation here
+
+
 def test_lr_drop_on_plateau():
     values = {step: 1.0 for step in range(0, 40)}
     holder, batch_metrics_fn = scripted_metric(values)

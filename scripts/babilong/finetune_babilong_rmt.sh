@@ -34,6 +34,7 @@ WEIGHT_DECAY=${WEIGHT_DECAY:-1e-3}
 VALID_INTERVAL=${VALID_INTERVAL:-$(( ITERS / 10 > 0 ? ITERS / 10 : 1 ))}
 WARMUP=${WARMUP:-$VALID_INTERVAL}             # linear warm-up steps (ITERS/10)
 PATIENCE=${PATIENCE:-15}                      # early stopping, in validations
+STOP_AT=${STOP_AT:-}                          # also stop a stage once the optimized metric reaches this (e.g. 1.0)
 NUM_VALID_SAMPLES=${NUM_VALID_SAMPLES:-1000}
 SEED=${SEED:-42}
 RUN_N=${RUN_N:-1}
@@ -56,4 +57,5 @@ launch "$REPO_ROOT/run_finetuning_babilong_rmt.py" \
     --lr_scheduler linear --num_warmup_steps "$WARMUP" --clip_grad_value 5.0 \
     --log_interval "$(( VALID_INTERVAL < 50 ? VALID_INTERVAL : 50 ))" --valid_interval "$VALID_INTERVAL" \
     --save_best --optimize_metric exact_match --optimize_mode max --early_stopping_patience "$PATIENCE" \
+    ${STOP_AT:+--early_stopping_target "$STOP_AT"} \
     --num_valid_samples "$NUM_VALID_SAMPLES" --show_valid_examples 3 --seed "$SEED" "$@"

@@ -17,13 +17,14 @@ REPO_ROOT="$(realpath "$SCRIPT_DIR/../..")"
 RUNS_DIR=${RUNS_DIR:-$REPO_ROOT/runs/offline_main_job}
 TASK=${TASK:-memorize}                         # memorize; detect_memorize and reasoning: offline_paper_figure.sh
 SEGMENTS=${SEGMENTS:-1 2 3}                    # curriculum, best = exact match
+STOP_AT=${STOP_AT:-1.0}                        # a curriculum stage ends at its first validation at this exact match
 ITERS=${ITERS:-150}                            # optimizer steps per stage (early stopping usually ends sooner)
 LR=${LR:-1e-4}
 VALID_INTERVAL=${VALID_INTERVAL:-15}
 PATIENCE=${PATIENCE:-2}
 NUM_VALID_SAMPLES=${NUM_VALID_SAMPLES:-128}
 LONG_SEGMENTS=${LONG_SEGMENTS:-6}              # the last stage, best = validation loss; empty: no such stage
-LONG_ITERS=${LONG_ITERS:-60}
+LONG_ITERS=${LONG_ITERS:-40}
 LONG_LR=${LONG_LR:-5e-5}
 LONG_VALID_INTERVAL=${LONG_VALID_INTERVAL:-10}
 LONG_PATIENCE=${LONG_PATIENCE:-3}
@@ -40,13 +41,13 @@ run_dir() {  # the run folder finetune_babilong_rmt.sh writes for segment count 
 }
 
 SEGMENTS="$SEGMENTS" ITERS="$ITERS" LR="$LR" WARMUP=${WARMUP:-$VALID_INTERVAL} VALID_INTERVAL="$VALID_INTERVAL" \
-    PATIENCE="$PATIENCE" NUM_VALID_SAMPLES="$NUM_VALID_SAMPLES" \
+    PATIENCE="$PATIENCE" STOP_AT="$STOP_AT" NUM_VALID_SAMPLES="$NUM_VALID_SAMPLES" \
     "$SCRIPT_DIR/finetune_babilong_rmt.sh" "$@"
 LAST_SEGMENTS=${SEGMENTS##* }
 BEST_RUN=$(run_dir "$LAST_SEGMENTS" "$LR")
 if [[ -n $LONG_SEGMENTS ]]; then
     SEGMENTS="$LONG_SEGMENTS" MODEL_CPT="$BEST_RUN" ITERS="$LONG_ITERS" LR="$LONG_LR" WARMUP="$LONG_VALID_INTERVAL" \
-        VALID_INTERVAL="$LONG_VALID_INTERVAL" PATIENCE="$LONG_PATIENCE" NUM_VALID_SAMPLES="$LONG_NUM_VALID_SAMPLES" \
+        VALID_INTERVAL="$LONG_VALID_INTERVAL" PATIENCE="$LONG_PATIENCE" STOP_AT="" NUM_VALID_SAMPLES="$LONG_NUM_VALID_SAMPLES" \
         "$SCRIPT_DIR/finetune_babilong_rmt.sh" --optimize_metric loss --optimize_mode min "$@"
     LAST_SEGMENTS=$LONG_SEGMENTS
     BEST_RUN=$(run_dir "$LONG_SEGMENTS" "$LONG_LR")
