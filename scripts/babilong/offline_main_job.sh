@@ -17,7 +17,7 @@ REPO_ROOT="$(realpath "$SCRIPT_DIR/../..")"
 RUNS_DIR=${RUNS_DIR:-$REPO_ROOT/runs/offline_main_job}
 TASK=${TASK:-memorize}                         # memorize; detect_memorize and reasoning: offline_paper_figure.sh
 SEGMENTS=${SEGMENTS:-1 2 3}                    # curriculum, best = exact match
-STOP_AT=${STOP_AT:-1.0}                        # a curriculum stage ends at its first validation at this exact match
+STOP_AT=${STOP_AT:-100}                        # a curriculum stage ends at its first validation at this exact match (%)
 ITERS=${ITERS:-150}                            # optimizer steps per stage (early stopping usually ends sooner)
 LR=${LR:-1e-4}
 VALID_INTERVAL=${VALID_INTERVAL:-15}
