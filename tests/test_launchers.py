@@ -3,6 +3,7 @@ ACCELERATE_CONFIG) and the Slurm example, checked on the commands they build: st
 `srun` and `scontrol` on PATH record what they are given instead of starting anything."""
 import os
 import shlex
+import socket
 import subprocess
 from pathlib import Path
 
@@ -82,11 +83,29 @@ def test_single_machine_default_is_torchrun_on_one_node(name, stubs, tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert calls and all(call.startswith("torchrun ") for call in calls)
     options = option_values(calls[0])
-    assert {key: options[key] for key in ("--nnodes", "--node_rank", "--master_addr", "--master_port",
-                                          "--nproc_per_node")} == {
-        "--nnodes": "1", "--node_rank": "0", "--master_addr": "127.0.0.1", "--master_port": "29500",
-        "--nproc_per_node": "2"}
+    assert {key: options[key] for key in ("--nnodes", "--node_rank", "--master_addr", "--nproc_per_node")} == {
+        "--nnodes": "1", "--node_rank": "0", "--master_addr": "127.0.0.1", "--nproc_per_node": "2"}
+    assert 1 <= int(options["--master_port"]) <= 65535
     assert f"/{entry_point} " in calls[0]
+
+
+def test_one_machine_takes_a_free_port_so_two_runs_can_share_it(stubs, tmp_path):
+    """Without MASTER_PORT a one-machine launch asks the system for a free port (29500 may be another run's);
+    several machines need an agreed port: 29500 unless MASTER_PORT says otherwise."""
+    launcher = SCRIPTS / "arxiv" / "finetune_arxiv_rmt.sh"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        ports = set()
+        for _ in range(3):
+            _, calls = run_launcher(launcher, stubs, {"NP": "1"}, tmp_path)
+            ports.add(int(option_values(calls[-1])["--master_port"]))
+        assert taken not in ports
+    _, calls = run_launcher(launcher, stubs, {"NP": "1", "MASTER_PORT": str(taken)}, tmp_path)
+    assert option_values(calls[-1])["--master_port"] == str(taken)
+    _, calls = run_launcher(launcher, stubs, {"NP": "1", "NNODES": "2"}, tmp_path)
+    assert option_values(calls[-1])["--master_port"] == "29500"
 
 
 @pytest.mark.parametrize("name", sorted(LAUNCHERS))
