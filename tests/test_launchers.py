@@ -193,3 +193,21 @@ def test_slurm_script_starts_the_launcher_on_every_node_of_the_allocation(stubs,
             "--nnodes": "2", "--node_rank": str(node), "--master_addr": "gpu-017",
             "--master_port": str(20000 + 4242), "--nproc_per_node": "8", "--gradient_accumulation_steps": "1"}
         assert "/run_finetuning_babilong_rmt.py " in call and call.endswith("--eval_n_segments 16")
+
+
+@pytest.mark.parametrize("name", ["babilong/finetune_babilong_rmt.sh", "arxiv/finetune_arxiv_rmt.sh"])
+@pytest.mark.parametrize("variables, preloaded, warned", [
+    ({"SEGMENT_CHECKPOINTING": "1"}, "libtcmalloc_minimal.so.4", False),
+    ({"SEGMENT_CHECKPOINTING": "0"}, "", False),
+    ({"SEGMENT_CHECKPOINTING": "1", "MALLOC_PRELOAD": ""}, "", False),
+    ({"SEGMENT_CHECKPOINTING": "1", "MALLOC_PRELOAD": "libmissing_malloc.so"}, "", True),
+])
+def test_segment_checkpointing_preloads_the_allocator(name, variables, preloaded, warned, stubs, tmp_path):
+    if preloaded and subprocess.run(["env", "true"], env={"LD_PRELOAD": preloaded}, capture_output=True).stderr:
+        pytest.skip(f"{preloaded} is not installed")
+    folder, log = stubs
+    (folder / "torchrun").write_text('#!/usr/bin/env bash\necho "LD_PRELOAD=${LD_PRELOAD:-}" >> "$STUB_LOG"\n')
+    finished, calls = run_launcher(SCRIPTS / name, stubs, {"LD_PRELOAD": "", **variables}, tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert calls == [f"LD_PRELOAD={preloaded}"]
+    assert ("warning: MALLOC_PRELOAD=libmissing_malloc.so cannot be loaded" in finished.stderr) == warned

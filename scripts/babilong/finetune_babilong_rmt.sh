@@ -27,6 +27,7 @@ BS=${BS:-8}                                   # samples per forward pass per pro
 RESUME=${RESUME:-0}                           # 1: continue the run in MODEL_PATH (--resume)
 OVERWRITE=${OVERWRITE:-0}                     # 1: start MODEL_PATH over, deleting its checkpoints (--overwrite)
 SEGMENT_CHECKPOINTING=${SEGMENT_CHECKPOINTING:-0}  # 1: recompute segment activations in backward (memory of ~1 segment)
+MALLOC_PRELOAD=${MALLOC_PRELOAD-libtcmalloc_minimal.so.4}  # allocator with SEGMENT_CHECKPOINTING=1 (flat memory); empty: glibc
 source "$REPO_ROOT/scripts/launch.sh"    # checks NNODES, NODE_RANK, MASTER_*, LAUNCHER; defines launch
 source "$REPO_ROOT/scripts/batch_setup.sh"    # checks the integers (before they are used), sets GRAD_ACC
 LR=${LR:-1e-5}
