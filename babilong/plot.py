@@ -70,6 +70,17 @@ def format_table(lines: dict) -> str:
     return "\n".join(rows)
 
 
+def spaced_out(lengths: list, min_ratio: float = 1.8) -> list:
+    """The lengths with those too close to the previous labelled one (on the log axis) blanked, so labels do not
+    overlap: 57, 114, 171, 342 -> 57, 114, '', 342."""
+    labelled, last = [], None
+    for n in lengths:
+        keep = last is None or n >= min_ratio * last
+        labelled.append(n if keep else "")
+        last = n if keep else last
+    return labelled
+
+
 def plot_lines(lines: dict, output, title: str = "") -> Path:
     """Draw accuracy (%) against input size (tokens, log scale) and save a PNG.
 
@@ -90,7 +101,7 @@ def plot_lines(lines: dict, output, title: str = "") -> Path:
         axes.axhline(chance.pop(), color="grey", linestyle=":", label="chance")
     axes.set_xscale("log")
     lengths = sorted({r["input_seq_len"] for records in lines.values() for r in records})
-    axes.set_xticks(lengths, [tokens_label(n) for n in lengths])
+    axes.set_xticks(lengths, [tokens_label(n) if n else "" for n in spaced_out(lengths)])
     axes.minorticks_off()
     axes.set_ylim(0, 105)
     axes.set_xlabel("input size, tokens")

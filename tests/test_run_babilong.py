@@ -213,6 +213,11 @@ def test_plot_draws_the_most_trained_model_per_task(tmp_path, capsys):
     assert sorted(lines) == [("memorize", "", 1), ("memorize", "", 2), ("reasoning", "", 1)]
 
 
+def test_plot_labels_only_lengths_far_enough_apart_on_the_log_axis():
+    assert plot.spaced_out([57, 114, 171, 342, 5472, 100035]) == [57, 114, "", 342, 5472, 100035]
+    assert plot.spaced_out([100, 120, 150, 200]) == [100, "", "", 200]
+
+
 def test_plot_bad_input_exits_2(tmp_path, capsys):
     assert plot.main([str(tmp_path / "missing")]) == 2
     (tmp_path / RESULTS_FILE).write_text('{"task": "memorize"}\n')
