@@ -37,7 +37,7 @@ from .metrics import MetricsAccumulator, loss_batch_metrics
 from .rng import get_rng_state, set_rng_state, set_seed
 from .run_folder import check_writable
 from .trainer_args import TrainerArgs
-from .utils import init_distributed
+from .utils import hold_process_group, init_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -175,8 +175,14 @@ class Trainer:
         if self.distributed.world_size == 1:
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
+        hold_process_group(self)
         return DistributedDataParallel(model, device_ids=device_ids,
                                        find_unused_parameters=self.args.ddp_find_unused_parameters)
+
+    def release_process_group(self) -> None:
+        """Drop the DistributedDataParallel wrapper, whose reducer holds the process group; the process group's
+        teardown calls this (`lm_experiments_tools.utils.hold_process_group`). Training needs a new Trainer after."""
+        self.ddp_model = self.model
 
     def _build_lr_scheduler(self):
         """A per-step schedule (transformers.get_scheduler), a plateau lr drop, or None for a constant lr."""

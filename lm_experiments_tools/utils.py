@@ -8,6 +8,7 @@ Nothing here runs at import time.
 import atexit
 import dataclasses
 import functools
+import gc
 import importlib
 import json
 import logging
@@ -15,6 +16,7 @@ import os
 import platform
 import subprocess
 import sys
+import weakref
 from argparse import Namespace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +32,7 @@ CONFIG_FILE = "config.json"
 GIT_DIFF_FILE = "git.diff"
 
 _distributed_context = None  # set once by init_distributed()
+_group_holders = weakref.WeakSet()  # objects that release their hold on the process group before a normal teardown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +126,10 @@ def init_distributed() -> DistributedContext:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
+        # torch.distributed.nn.functional takes `group=group.WORLD` as default arguments, evaluated when it is first
+        # imported: imported after the group exists (DistributedDataParallel imports it), it holds the group until
+        # the interpreter shuts down, and destroy_process_group cannot free it. Imported first, it holds None.
+        importlib.import_module("torch.distributed.nn.functional")
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         atexit.register(_destroy_distributed_at_exit)
     if dist.is_initialized():
@@ -131,31 +138,55 @@ def init_distributed() -> DistributedContext:
     return _distributed_context
 
 
+def hold_process_group(holder) -> None:
+    """Have `holder.release_process_group()` called before the process group is destroyed on a normal ending.
+
+    A DistributedDataParallel wrapper holds the group in its reducer; while anything holds it, destroying the group
+    frees nothing and gloo's worker threads live on into interpreter shutdown (see `destroy_distributed`). The
+    holder is referenced weakly: one that is garbage already holds nothing.
+
+    Args:
+        holder: an object with a `release_process_group()` method that drops its references to the group.
+    """
+    _group_holders.add(holder)
+
+
 def destroy_distributed(failed: bool = False) -> None:
     """Tear down the process group (if any) so that the next `init_distributed` starts afresh.
 
-    Without this, gloo's worker threads may still be finishing the last collective (releasing its tensors) while
-    the interpreter shuts down, and the process then aborts at exit ("terminate called without an active
-    exception", exit code -6; tests/test_trainer_distributed.py reproduces it). On a normal ending every process
-    first waits at a barrier for all the others, so that none closes its connections (or, hosting the store,
-    takes it down) while a slower peer is still in its last collective: destroying the group does not stop
-    gloo's threads while a DistributedDataParallel model still holds the group, so they outlive this call.
+    On a normal ending the group is really freed, which joins gloo's worker threads, before the interpreter shuts
+    down: the holders registered with `hold_process_group` (the Trainer's DistributedDataParallel wrapper) let go of
+    it and garbage holding it is collected first. A gloo worker thread that outlives this call may finish its last
+    collective late, dropping the last reference to a tensor that Python code had used; that takes the GIL, and
+    taking the GIL while the interpreter shuts down ends the thread with pthread_exit, whose unwinding through a
+    noexcept destructor aborts the process ("terminate called without an active exception", exit code -6).
+    Every process first waits at a barrier for all the others, so that none closes its connections (or, hosting
+    the store, takes it down) while a slower peer is still in its last collective.
 
     Args:
         failed: the process is ending on an error. There is no barrier then, because the other processes may never
-            reach theirs, and NCCL groups are aborted, because a graceful destroy waits for collectives that the
-            other processes may never join; gloo groups shut down locally either way.
+            reach theirs, and the holders keep the group (so a gloo group held by a DistributedDataParallel
+            wrapper is forgotten, not freed), because joining a worker thread would wait for a collective that the
+            other processes may never join; NCCL groups are aborted for the same reason.
     """
     global _distributed_context
     if dist.is_available() and dist.is_initialized():
         if not failed:
+            _release_process_group()
             dist.barrier()
-            dist.destroy_process_group()
+            dist.destroy_process_group()  # drops the last reference: the group's destructor joins its threads
         elif dist.get_backend() == "nccl":
             dist.distributed_c10d._abort_process_group()
         else:
             dist.destroy_process_group()
     _distributed_context = None
+
+
+def _release_process_group() -> None:
+    for holder in list(_group_holders):
+        holder.release_process_group()
+    _group_holders.clear()
+    gc.collect()  # wrappers of finished runs that sit in reference cycles
 
 
 def _destroy_distributed_at_exit() -> None:

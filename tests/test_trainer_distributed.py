@@ -28,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(__file__).parent / "trainer_scripts" / "train_tiny.py"
 LAUNCHER = Path(__file__).parent / "trainer_scripts" / "launch_tiny.sh"
 EXIT_RACE_SCRIPT = Path(__file__).parent / "trainer_scripts" / "collective_then_exit.py"
+DDP_EXIT_SCRIPT = Path(__file__).parent / "trainer_scripts" / "ddp_then_exit.py"
 FAIL_ON_ONE_RANK_SCRIPT = Path(__file__).parent / "trainer_scripts" / "fail_on_one_rank.py"
 FAILURE_EXIT_SECONDS = 60  # far below gloo's 30-minute collective timeout, which a wrong exit barrier would wait for
 COMMON_FLAGS = {"iters": 3, "lr": 0.05, "valid_interval": 3, "save_interval": 3, "seed": 5}
@@ -89,10 +90,13 @@ def check_matches_single_process(tmp_path, name: str, n_ranks: int = 2) -> None:
     check_torn_down(tmp_path / f"{name}.exit", n_ranks)
 
 
-def check_torn_down(report_prefix: Path, n_ranks: int) -> None:
-    """Each rank's last exit handler found no process group left."""
+def check_torn_down(report_prefix: Path, n_ranks: int, failed: bool = False) -> None:
+    """Each rank's last exit handler found no process group left and, after a normal ending, no gloo thread left
+    (the group was freed, not only forgotten; a failing ending does not wait for its threads)."""
     for rank in range(n_ranks):
-        assert json.loads(Path(f"{report_prefix}.rank{rank}.json").read_text()) == {"process_group_left": False}
+        report = json.loads(Path(f"{report_prefix}.rank{rank}.json").read_text())
+        assert report["process_group_left"] is False
+        assert failed or report["gloo_threads_left"] == 0, report
 
 
 @pytest.mark.slow
@@ -212,7 +216,7 @@ def test_every_ending_tears_the_process_group_down(tmp_path, ending, flags, expe
         assert "early stopping at step 4" in output
     else:
         assert "failing on purpose on batch 4 of rank 1" in output
-    check_torn_down(tmp_path / "exit", 2)
+    check_torn_down(tmp_path / "exit", 2, failed=expected_code != 0)
 
 
 def run_two_ranks(script: Path, *args, timeout: float = TIMEOUT) -> tuple:
@@ -237,6 +241,16 @@ def test_processes_ending_right_after_a_collective_exit_cleanly():
     for _ in range(EXIT_RACE_RUNS):
         codes, outputs = run_two_ranks(EXIT_RACE_SCRIPT)
         assert codes == [0] * WORLD_SIZE, "\n".join(outputs)[-3000:]
+
+
+def test_teardown_joins_gloo_threads_although_a_ddp_model_is_alive():
+    """A DistributedDataParallel wrapper alive at exit held the group past destroy_process_group (so did
+    torch.distributed.nn.functional's default arguments), and gloo's threads ran on into interpreter shutdown,
+    where one taking the GIL aborts the process: the library's teardown frees the group and joins them."""
+    codes, outputs = run_two_ranks(DDP_EXIT_SCRIPT)
+    assert codes == [0] * WORLD_SIZE, "\n".join(outputs)[-3000:]
+    for output in outputs:
+        assert "gloo threads while training: 3" in output and "gloo threads left: 0" in output, output[-3000:]
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from transformers import HfArgumentParser
 
 from lm_experiments_tools import TrainerArgs
 from lm_experiments_tools.utils import init_distributed
+from ddp_then_exit import gloo_thread_count
 from tiny_task import build_trainer, dataset_metrics, flat_parameters, keep_errors
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ class ScriptArgs:
         default=None, metadata={"help": "Each rank writes what train() returned to results_out.rank{N}.json"})
     exit_report: str | None = field(
         default=None, metadata={"help": "At exit, after the library's exit handlers, each rank writes to "
-                                        "exit_report.rank{N}.json whether a process group is still set up"})
+                                        "exit_report.rank{N}.json whether a process group is still set up and how "
+                                        "many gloo threads are left"})
     fail_at_batch: int = field(
         default=0, metadata={"help": "The last rank raises on the n-th batch it prepares, training or validation (>0)"})
 
@@ -42,7 +44,7 @@ def report_at_exit(path_prefix: str) -> None:
     """Registered before init_distributed, so that it runs after the exit handlers registered there."""
     rank = int(os.environ.get("RANK", "0"))
     atexit.register(lambda: Path(f"{path_prefix}.rank{rank}.json").write_text(
-        json.dumps({"process_group_left": dist.is_initialized()})))
+        json.dumps({"process_group_left": dist.is_initialized(), "gloo_threads_left": gloo_thread_count()})))
 
 
 def make_batch_transform(script_args: ScriptArgs, context):
