@@ -5,13 +5,16 @@
 - training: peak RSS and time per segment of forward + backward with full BPTT at 1, 2, 4, 8 segments;
 - checkpointing: side by side, full BPTT vs `segment_checkpointing=True`, peak RSS and time per segment of one
   training step at 1 ... 32 segments, for the encoder and for a GPT-2-small-size decoder; one subprocess per
-  setting and repeat, repeats interleaved (full, checkpointed, full, ...), median times.
+  setting and repeat, repeats interleaved (full, checkpointed, full, ...), median times. The checkpointed workers
+  run under the allocator the launchers use with segment checkpointing (tcmalloc, `--malloc_preload`; README,
+  "Memory-bounded BPTT"), the full-BPTT workers under glibc's default malloc.
 
 The encoder backbone is the offline MiniLM config (6 layers, hidden 384), the decoder a GPT-2 small config (12
 layers, hidden 768, vocabulary 50257), both with random weights: speed and memory do not depend on the weights.
 Usage: python benchmarks/rmt_benchmarks.py [--which all|overhead|memory|training|checkpointing]
 """
 import argparse
+import ctypes.util
 import gc
 import json
 import os
@@ -27,6 +30,9 @@ NUM_MEM_TOKENS = 10
 FIRST_CONTENT_ID = 1000  # random tokens from here on avoid [CLS]/[SEP]/[PAD] and [unused] ids
 DECODER_MEM_TOKENS = 2  # the paper's ArXiv setting; its segment is decoder_input_size - 2 * 2 tokens
 MODELS = ("encoder", "decoder")
+# the allocator the launchers preload with SEGMENT_CHECKPOINTING=1 (scripts/batch_setup.sh): glibc's malloc fragments
+# its heap under the recompute-then-free pattern of segment checkpointing, so that peak RSS grows with the segments
+TCMALLOC = ctypes.util.find_library("tcmalloc_minimal") or ""
 
 
 def parse_args(argv=None):
@@ -48,6 +54,10 @@ def parse_args(argv=None):
     parser.add_argument("--full_bptt_max_segments", type=int, default=32,
                         help="largest segment count of the full-BPTT baseline, to stay within the machine's memory; "
                              "larger counts run with checkpointing only (default: 32)")
+    parser.add_argument("--malloc_preload", default=TCMALLOC,
+                        help="allocator library LD_PRELOADed into the segment-checkpointing workers, as the launchers "
+                             "do; empty: glibc's malloc (default: tcmalloc where installed, here "
+                             f"{TCMALLOC or 'not installed'!r})")
     parser.add_argument("--decoder_input_size", type=int, default=128,
                         help="decoder tokens per forward pass, 2 memory tokens read and written included (default: "
                              "128, the paper's small ArXiv setting)")
@@ -142,6 +152,14 @@ def bare_segments(wrapper, input_ids):
     return [torch.cat([prefix, chunk, closing], dim=1) for chunk in input_ids.split(wrapper.segment_size, dim=1)]
 
 
+def loaded_allocator():
+    """The LD_PRELOADed library if it is mapped into this process, else 'glibc malloc'."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    with open("/proc/self/maps") as maps:
+        mapped = preload and os.path.basename(preload) in maps.read()
+    return preload if mapped else "glibc malloc"
+
+
 def time_call(function):
     """(wall seconds, CPU seconds of this process) of one call; CPU time is less disturbed by other jobs."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -200,16 +218,21 @@ def worker(args):
     rss_before = process_memory_mib("VmRSS")
     seconds, cpu_seconds = time_call(lambda: step(args.n_segments))
     print(json.dumps({"n_segments": args.n_segments, "peak_rss_mib": process_memory_mib("VmHWM"),
-                      "setup_rss_mib": rss_before, "seconds": seconds, "cpu_seconds": cpu_seconds}))
+                      "setup_rss_mib": rss_before, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                      "allocator": loaded_allocator()}))
 
 
-def measure_in_subprocess(kind, n_segments, threads, extra=()):
+def measure_in_subprocess(kind, n_segments, threads, extra=(), malloc_preload=""):
     command = [sys.executable, __file__, "--worker", kind, "--n_segments", str(n_segments), "--threads", str(threads),
                *extra]
-    result = subprocess.run(command, capture_output=True, text=True)
+    env = {**os.environ, "LD_PRELOAD": malloc_preload} if malloc_preload else None
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"benchmark worker {' '.join(command[2:])} failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    if row["allocator"] != (malloc_preload or "glibc malloc"):
+        raise RuntimeError(f"benchmark worker ran under {row['allocator']}, expected {malloc_preload!r}")
+    return row
 
 
 def measure_table(kind, segment_counts, threads, title):
@@ -270,7 +293,8 @@ def checkpointing_runs(args, model):
                     continue
                 extra = ["--model", model, "--decoder_input_size", str(args.decoder_input_size), "--warmup"]
                 extra += ["--segment_checkpointing"] if checkpointed else []
-                row = measure_in_subprocess("training", n, args.threads, extra)
+                preload = args.malloc_preload if checkpointed else ""
+                row = measure_in_subprocess("training", n, args.threads, extra, malloc_preload=preload)
                 runs.setdefault((checkpointed, n), []).append(row)
                 print(f"  [{model} n={n} checkpointing={checkpointed} repeat {repeat + 1}] "
                       f"peak {row['peak_rss_mib']:.0f} MiB, {row['cpu_seconds'] / n:.3f} CPU s/segment "
@@ -288,9 +312,10 @@ def print_checkpointing_table(args, model, runs):
         return max(r["peak_rss_mib"] for r in rows), statistics.median(r["cpu_seconds"] / n for r in rows)
 
     tokens = INPUT_SIZE - NUM_MEM_TOKENS - 3 if model == "encoder" else args.decoder_input_size - 2 * DECODER_MEM_TOKENS
-    print(f"\n## Training step, {model}, batch 1, {tokens} tokens per segment: full BPTT vs segment_checkpointing "
-          f"(peak RSS = VmHWM, max over {args.checkpointing_repeats} interleaved repeats; s/segment = median CPU "
-          "seconds of the process, less disturbed by other jobs than wall time)")
+    allocator = args.malloc_preload or "glibc malloc"
+    print(f"\n## Training step, {model}, batch 1, {tokens} tokens per segment: full BPTT (glibc malloc) vs "
+          f"segment_checkpointing ({allocator}) (peak RSS = VmHWM, max over {args.checkpointing_repeats} interleaved "
+          "repeats; s/segment = median CPU seconds of the process, less disturbed by other jobs than wall time)")
     print("| segments | full peak MiB | ckpt peak MiB | ckpt / full peak | ckpt peak / ckpt 1-segment peak | "
           "full s/seg | ckpt s/seg | ckpt / full time |\n|---|---|---|---|---|---|---|---|")
     first = summary(True, args.checkpointing_segments[0])

@@ -82,7 +82,7 @@ class TrainerArgs:
         None, "Stop after this many validations without improvement of optimize_metric; None never stops early")
     early_stopping_target: float | None = _help(
         None, "Stop at the first validation whose optimize_metric reaches this value (>= for optimize_mode max, "
-              "<= for min), e.g. exact_match 1.0 in a curriculum stage; None never stops on a value")
+              "<= for min), e.g. 100 for the BABILong exact_match (a percentage); None never stops on a value")
     lr_scheduler: str | None = _help(
         None, f"Per-step schedule of transformers.get_scheduler, one of {', '.join(STEP_LR_SCHEDULERS)}; "
               f"needs lr; None keeps lr constant")

@@ -3,7 +3,8 @@
 # GRAD_ACC = TBS / (BS * NP * NNODES), TBS being the total batch over all machines (NNODES is checked by
 # scripts/launch.sh, sourced before this file). RESUME=1 / OVERWRITE=1 append --resume / --overwrite to the
 # launcher's arguments (continue the run in MODEL_PATH, or start it over deleting its checkpoints); SEGMENT_CHECKPOINTING=1 appends
-# --segment_checkpointing (memory-bounded BPTT). Bad values stop with one line, exit 2.
+# --segment_checkpointing (memory-bounded BPTT) and preloads MALLOC_PRELOAD (tcmalloc). Bad values stop with one
+# line, exit 2.
 INTEGER_VARIABLES="VALID_INTERVAL WARMUP PATIENCE INPUT_SIZE MEMORY_SIZE MAX_N_SEGMENTS K2 SEED RUN_N
                    NUM_VALID_SAMPLES LOG_INTERVAL"
 for name in NP ITERS TBS BS; do
@@ -24,3 +25,15 @@ GRAD_ACC=$(( TBS / (BS * PROCESSES) ))
 if (( ${RESUME:-0} )); then set -- "$@" --resume; fi
 if (( ${OVERWRITE:-0} )); then set -- "$@" --overwrite; fi
 if (( ${SEGMENT_CHECKPOINTING:-0} )); then set -- "$@" --segment_checkpointing; fi
+# With segment checkpointing, glibc's malloc fragments its heap (each segment's activations are recomputed and freed
+# around small long-lived blocks), so that peak CPU memory grows with the number of segments; tcmalloc keeps it flat
+# at no time cost (README, "Memory-bounded BPTT"). MALLOC_PRELOAD: the allocator preloaded then; empty: glibc's.
+MALLOC_PRELOAD=${MALLOC_PRELOAD-libtcmalloc_minimal.so.4}
+if (( ${SEGMENT_CHECKPOINTING:-0} )) && [[ -n $MALLOC_PRELOAD ]]; then
+    if [[ -z $(LD_PRELOAD=$MALLOC_PRELOAD env true 2>&1) ]]; then  # the loader complains of a library it cannot load
+        export LD_PRELOAD="$MALLOC_PRELOAD${LD_PRELOAD:+:$LD_PRELOAD}"
+    else
+        echo "warning: MALLOC_PRELOAD=$MALLOC_PRELOAD cannot be loaded (Debian/Ubuntu: apt install" \
+             "libtcmalloc-minimal4); with glibc's malloc peak CPU memory grows with the number of segments" >&2
+    fi
+fi

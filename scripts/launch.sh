@@ -10,15 +10,20 @@
 NNODES=${NNODES:-1}                      # machines
 NODE_RANK=${NODE_RANK:-0}                # this machine's rank, 0 .. NNODES-1
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}    # address of the NODE_RANK=0 machine, reachable from all machines
-MASTER_PORT=${MASTER_PORT:-29500}        # a free TCP port on that machine
+MASTER_PORT=${MASTER_PORT:-}             # a free TCP port on that machine; default 29500, or any free port on one machine
 LAUNCHER=${LAUNCHER:-torchrun}           # torchrun or accelerate
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-} # `accelerate config` file (LAUNCHER=accelerate only); empty: none
 
 _READ_DISTRIBUTED_TYPE='import sys; from accelerate.commands.config.config_args import load_config_from_file as load
 print(load(sys.argv[1]).distributed_type.value)'
 
+_FREE_PORT='import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+
 _launch_error() { echo "error: $1" >&2; exit 2; }
 [[ $NNODES =~ ^[1-9][0-9]*$ ]] || _launch_error "NNODES=$NNODES: expected a positive integer"
+if [[ -z $MASTER_PORT ]]; then  # two runs on one machine must not both claim 29500
+    if (( NNODES == 1 )); then MASTER_PORT=$(python -c "$_FREE_PORT"); else MASTER_PORT=29500; fi
+fi
 [[ $NODE_RANK =~ ^(0|[1-9][0-9]*)$ ]] && (( NODE_RANK < NNODES )) \
     || _launch_error "NODE_RANK=$NODE_RANK: expected an integer from 0 to NNODES-1=$(( NNODES - 1 ))"
 [[ $MASTER_PORT =~ ^[1-9][0-9]*$ ]] && (( MASTER_PORT >= 1 && MASTER_PORT <= 65535 )) \

@@ -97,4 +97,7 @@ def test_dry_run_trains_through_the_launcher_without_datasets_and_minilm(tmp_pat
     memory = [line for line in lines if line["part"] == "bptt_memory" and "n_segments" in line]
     for checkpointing in (False, True):  # full BPTT, then memory-bounded BPTT
         assert [line["n_segments"] for line in memory if line["segment_checkpointing"] is checkpointing] == [1, 2, 4]
+    ratios = {line["segment_checkpointing"]: line for line in lines if line["part"] == "bptt_memory" and "ratio" in line}
+    assert ratios[True]["figure"] == "peak at 4 / at 1 segments" and ratios[True]["target"] == 1.5  # issue 13
+    assert set(ratios) == {False, True}
     assert all(line["status"] == "ok" for line in lines if set(line) == {"part", "status", "seconds"})

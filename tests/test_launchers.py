@@ -3,6 +3,7 @@ ACCELERATE_CONFIG) and the Slurm example, checked on the commands they build: st
 `srun` and `scontrol` on PATH record what they are given instead of starting anything."""
 import os
 import shlex
+import socket
 import subprocess
 from pathlib import Path
 
@@ -82,11 +83,29 @@ def test_single_machine_default_is_torchrun_on_one_node(name, stubs, tmp_path):
     assert finished.returncode == 0, finished.stderr
     assert calls and all(call.startswith("torchrun ") for call in calls)
     options = option_values(calls[0])
-    assert {key: options[key] for key in ("--nnodes", "--node_rank", "--master_addr", "--master_port",
-                                          "--nproc_per_node")} == {
-        "--nnodes": "1", "--node_rank": "0", "--master_addr": "127.0.0.1", "--master_port": "29500",
-        "--nproc_per_node": "2"}
+    assert {key: options[key] for key in ("--nnodes", "--node_rank", "--master_addr", "--nproc_per_node")} == {
+        "--nnodes": "1", "--node_rank": "0", "--master_addr": "127.0.0.1", "--nproc_per_node": "2"}
+    assert 1 <= int(options["--master_port"]) <= 65535
     assert f"/{entry_point} " in calls[0]
+
+
+def test_one_machine_takes_a_free_port_so_two_runs_can_share_it(stubs, tmp_path):
+    """Without MASTER_PORT a one-machine launch asks the system for a free port (29500 may be another run's);
+    several machines need an agreed port: 29500 unless MASTER_PORT says otherwise."""
+    launcher = SCRIPTS / "arxiv" / "finetune_arxiv_rmt.sh"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        ports = set()
+        for _ in range(3):
+            _, calls = run_launcher(launcher, stubs, {"NP": "1"}, tmp_path)
+            ports.add(int(option_values(calls[-1])["--master_port"]))
+        assert taken not in ports
+    _, calls = run_launcher(launcher, stubs, {"NP": "1", "MASTER_PORT": str(taken)}, tmp_path)
+    assert option_values(calls[-1])["--master_port"] == str(taken)
+    _, calls = run_launcher(launcher, stubs, {"NP": "1", "NNODES": "2"}, tmp_path)
+    assert option_values(calls[-1])["--master_port"] == "29500"
 
 
 @pytest.mark.parametrize("name", sorted(LAUNCHERS))
@@ -174,3 +193,21 @@ def test_slurm_script_starts_the_launcher_on_every_node_of_the_allocation(stubs,
             "--nnodes": "2", "--node_rank": str(node), "--master_addr": "gpu-017",
             "--master_port": str(20000 + 4242), "--nproc_per_node": "8", "--gradient_accumulation_steps": "1"}
         assert "/run_finetuning_babilong_rmt.py " in call and call.endswith("--eval_n_segments 16")
+
+
+@pytest.mark.parametrize("name", ["babilong/finetune_babilong_rmt.sh", "arxiv/finetune_arxiv_rmt.sh"])
+@pytest.mark.parametrize("variables, preloaded, warned", [
+    ({"SEGMENT_CHECKPOINTING": "1"}, "libtcmalloc_minimal.so.4", False),
+    ({"SEGMENT_CHECKPOINTING": "0"}, "", False),
+    ({"SEGMENT_CHECKPOINTING": "1", "MALLOC_PRELOAD": ""}, "", False),
+    ({"SEGMENT_CHECKPOINTING": "1", "MALLOC_PRELOAD": "libmissing_malloc.so"}, "", True),
+])
+def test_segment_checkpointing_preloads_the_allocator(name, variables, preloaded, warned, stubs, tmp_path):
+    if preloaded and subprocess.run(["env", "true"], env={"LD_PRELOAD": preloaded}, capture_output=True).stderr:
+        pytest.skip(f"{preloaded} is not installed")
+    folder, log = stubs
+    (folder / "torchrun").write_text('#!/usr/bin/env bash\necho "LD_PRELOAD=${LD_PRELOAD:-}" >> "$STUB_LOG"\n')
+    finished, calls = run_launcher(SCRIPTS / name, stubs, {"LD_PRELOAD": "", **variables}, tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert calls == [f"LD_PRELOAD={preloaded}"]
+    assert ("warning: MALLOC_PRELOAD=libmissing_malloc.so cannot be loaded" in finished.stderr) == warned

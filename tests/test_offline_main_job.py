@@ -25,8 +25,9 @@ VALIDATIONS = {2: (87.5, 0.9), 4: (100.0, 0.62), 6: (100.0, 0.35), 8: (98.4, 0.3
 CURRICULUM_RULE, LONG_STAGE_RULE = ("exact_match", "max"), ("loss", "min")
 
 
-def kept_step(tmp_path: Path, rule: tuple) -> int:
-    """The step whose checkpoint a stage keeps as model_best.pth when validation gives VALIDATIONS."""
+def kept_step(tmp_path: Path, rule: tuple, target: float | None = None) -> tuple[int, int]:
+    """The step whose checkpoint a stage keeps as model_best.pth when validation gives VALIDATIONS, and the step
+    the stage ends at."""
     holder = {}
 
     def batch_metrics_fn(batch, output):
@@ -35,18 +36,19 @@ def kept_step(tmp_path: Path, rule: tuple) -> int:
 
     metric, mode = rule
     args = TrainerArgs(model_path=str(tmp_path), iters=10, valid_interval=2, save_best=True,
-                       optimize_metric=metric, optimize_mode=mode)
+                       optimize_metric=metric, optimize_mode=mode, early_stopping_target=target)
     holder["trainer"] = build_trainer(args, batch_metrics_fn=batch_metrics_fn)
     holder["trainer"].train()
-    return torch.load(tmp_path / BEST_CHECKPOINT_NAME, weights_only=True)["iteration"]
+    return torch.load(tmp_path / BEST_CHECKPOINT_NAME, weights_only=True)["iteration"], holder["trainer"].n_iter
 
 
-@pytest.mark.parametrize("rule, expected_step", [
-    (CURRICULUM_RULE, 4),   # the first checkpoint at 100%: later ones with a lower loss do not replace it
-    (LONG_STAGE_RULE, 10),  # the lowest loss, even after a validation below 100%
+@pytest.mark.parametrize("rule, target, expected_kept, expected_end", [
+    (CURRICULUM_RULE, None, 4, 10),  # the first checkpoint at 100%: later ones with a lower loss do not replace it
+    (CURRICULUM_RULE, 100.0, 4, 4),  # the main job's curriculum: that checkpoint, and the stage ends there
+    (LONG_STAGE_RULE, None, 10, 10),  # the lowest loss, even after a validation below 100%
 ])
-def test_each_stage_keeps_the_checkpoint_its_rule_selects(tmp_path, rule, expected_step):
-    assert kept_step(tmp_path, rule) == expected_step
+def test_each_stage_keeps_the_checkpoint_its_rule_selects(tmp_path, rule, target, expected_kept, expected_end):
+    assert kept_step(tmp_path, rule, target) == (expected_kept, expected_end)
 
 
 def stage_config(runs: Path, n_segments: int) -> dict:
@@ -74,6 +76,8 @@ def main_job(tmp_path_factory):
 def test_long_stage_continues_the_curriculum_with_loss_selection(main_job):
     first, second, long = (stage_config(main_job, n) for n in (1, 2, 3))
     assert first["optimize_metric"] == second["optimize_metric"] == "exact_match"
+    assert first["early_stopping_target"] == second["early_stopping_target"] == 100
+    assert long["early_stopping_target"] is None
     assert long["optimize_metric"] == "loss" and long["optimize_mode"] == "min"
     assert long["lr"] == 3e-4 and long["iters"] == 2 and long["num_valid_samples"] == 5
     (second_dir,) = main_job.glob("memorize/*/*_seg2_*/run_1")

@@ -25,6 +25,7 @@ LR=${LR:-1e-5}
 WEIGHT_DECAY=${WEIGHT_DECAY:-1e-3}       # AdamW, warm-up and clipping as BABILong (docs/design.md)
 SEED=${SEED:-42}
 SEGMENT_CHECKPOINTING=${SEGMENT_CHECKPOINTING:-0}  # 1: recompute segment activations in backward (memory of ~1 segment)
+MALLOC_PRELOAD=${MALLOC_PRELOAD-libtcmalloc_minimal.so.4}  # allocator with SEGMENT_CHECKPOINTING=1 (flat memory); empty: glibc
 RUN_N=${RUN_N:-1}
 RUNS_DIR=${RUNS_DIR:-$REPO_ROOT/runs}
 MODEL_CPT=${MODEL_CPT:-}                 # run folder whose model_best.pth initialises this run (curriculum)

@@ -27,6 +27,7 @@ BS=${BS:-8}                                   # samples per forward pass per pro
 RESUME=${RESUME:-0}                           # 1: continue the run in MODEL_PATH (--resume)
 OVERWRITE=${OVERWRITE:-0}                     # 1: start MODEL_PATH over, deleting its checkpoints (--overwrite)
 SEGMENT_CHECKPOINTING=${SEGMENT_CHECKPOINTING:-0}  # 1: recompute segment activations in backward (memory of ~1 segment)
+MALLOC_PRELOAD=${MALLOC_PRELOAD-libtcmalloc_minimal.so.4}  # allocator with SEGMENT_CHECKPOINTING=1 (flat memory); empty: glibc
 source "$REPO_ROOT/scripts/launch.sh"    # checks NNODES, NODE_RANK, MASTER_*, LAUNCHER; defines launch
 source "$REPO_ROOT/scripts/batch_setup.sh"    # checks the integers (before they are used), sets GRAD_ACC
 LR=${LR:-1e-5}
@@ -34,7 +35,7 @@ WEIGHT_DECAY=${WEIGHT_DECAY:-1e-3}
 VALID_INTERVAL=${VALID_INTERVAL:-$(( ITERS / 10 > 0 ? ITERS / 10 : 1 ))}
 WARMUP=${WARMUP:-$VALID_INTERVAL}             # linear warm-up steps (ITERS/10)
 PATIENCE=${PATIENCE:-15}                      # early stopping, in validations
-STOP_AT=${STOP_AT:-}                          # also stop a stage once the optimized metric reaches this (e.g. 1.0)
+STOP_AT=${STOP_AT:-}                          # also end a stage once the optimized metric reaches this (exact_match: 100)
 NUM_VALID_SAMPLES=${NUM_VALID_SAMPLES:-1000}
 SEED=${SEED:-42}
 RUN_N=${RUN_N:-1}

