@@ -27,9 +27,9 @@ if (( ${OVERWRITE:-0} )); then set -- "$@" --overwrite; fi
 if (( ${SEGMENT_CHECKPOINTING:-0} )); then set -- "$@" --segment_checkpointing; fi
 # With segment checkpointing, glibc's malloc fragments its heap (each segment's activations are recomputed and freed
 # around small long-lived blocks), so that peak CPU memory grows with the number of segments; tcmalloc keeps it flat
-# at no time cost (README, "Memory-bounded BPTT"). MALLOC_PRELOAD: the allocator preloaded then; empty: glibc's.
-MALLOC_PRELOAD=${MALLOC_PRELOAD-libtcmalloc_minimal.so.4}
-if (( ${SEGMENT_CHECKPOINTING:-0} )) && [[ -n $MALLOC_PRELOAD ]]; then
+# and was faster than glibc's malloc here (README, "Memory-bounded BPTT"). MALLOC_PRELOAD (its default is set at the
+# top of the launcher that sources this file): the allocator preloaded then; empty: glibc's.
+if (( ${SEGMENT_CHECKPOINTING:-0} )) && [[ -n ${MALLOC_PRELOAD:-} ]]; then
     if [[ -z $(LD_PRELOAD=$MALLOC_PRELOAD env true 2>&1) ]]; then  # the loader complains of a library it cannot load
         export LD_PRELOAD="$MALLOC_PRELOAD${LD_PRELOAD:+:$LD_PRELOAD}"
     else
