@@ -79,7 +79,7 @@ class BabilongArgs(RunArgs):
     """Options of the task, the model and the memory; shared ones come from `RunArgs`, the Trainer's from
     `TrainerArgs`."""
 
-    task: str = help_field("memorize", f"Task: {', '.join(TASK_NAMES[:3])} or qa1..qa20 (bAbI, needs babi_path)")
+    task: str = help_field("memorize", f"Task: {', '.join(TASK_NAMES[:4])} or qa1..qa20 (bAbI, needs babi_path)")
     noise_dataset: str = help_field(
         "default", "Background text: 'default' (offline stdlib text), a save_to_disk folder, .txt files or a hub "
                    "dataset such as tau/scrolls:quality (see babilong.background)")

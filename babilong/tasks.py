@@ -8,6 +8,7 @@ Two families (docs/design.md, "BABILong data"):
 A task is split-independent: `task.draw(rng, index, split)` gives one `TaskSample`. Generated tasks draw
 from `rng` and ignore `index`; bAbI tasks return the `index`-th question of the split's file.
 """
+import functools
 import glob
 import logging
 import os
@@ -128,26 +129,32 @@ def memorize_sample(rng: np.random.Generator) -> TaskSample:
                       answer=place, supporting=(0,))
 
 
-def _relation_sentence(rng, place: str, direction: str, anchor: str) -> str:
-    """'place is direction of anchor', phrased either way round (bAbI two-argument relations)."""
-    if rng.integers(2):
+def _relation_sentence(rng, place: str, direction: str, anchor: str, plain: bool) -> str:
+    """'place is direction of anchor', phrased either way round (bAbI two-argument relations) unless `plain`."""
+    if not plain and rng.integers(2):
         return f"The {anchor} is {OPPOSITE_DIRECTION[direction]} of the {place}."
     return f"The {place} is {direction} of the {anchor}."
 
 
-def reasoning_sample(rng: np.random.Generator) -> TaskSample:
+def reasoning_sample(rng: np.random.Generator, plain: bool = False) -> TaskSample:
     """Two relation facts around one anchor place; the question asks for one of the two neighbours.
 
     A tiny world: an anchor place and two other places in two different directions of it, so every
     question has exactly one answer. E.g. 'The hallway is east of the bathroom.' + 'The bedroom is west
     of the bathroom.' + 'What is the bathroom east of?' -> bedroom.
+
+    With `plain`, every fact reads 'The <neighbour> is <d> of the <anchor>.' and every question 'What is <d> of
+    the <anchor>?': the answer is the fact whose direction word the question repeats. The full task hides
+    that match behind two phrasings each of fact and question, and whether the direction words of question
+    and answer agree is the parity of the two: no single word carries any signal, and a model trained on it
+    from scratch sits at 50% for hundreds of steps (babilong/RESULTS.md). `reasoning_plain` is the warm-up.
     """
     anchor, *neighbours = rng.choice(PLACES, size=3, replace=False).tolist()
     directions = rng.choice(DIRECTIONS, size=2, replace=False).tolist()
-    facts = tuple(_relation_sentence(rng, place, d, anchor) for place, d in zip(neighbours, directions))
+    facts = tuple(_relation_sentence(rng, place, d, anchor, plain) for place, d in zip(neighbours, directions))
     target = int(rng.integers(2))
     direction = directions[target]
-    if rng.integers(2):
+    if plain or rng.integers(2):
         question = f"What is {direction} of the {anchor}?"
     else:
         question = f"What is the {anchor} {OPPOSITE_DIRECTION[direction]} of?"
@@ -247,10 +254,12 @@ def _paper_tasks() -> dict:
         "memorize": GeneratedTask("memorize", PLACES, "start", memorize_sample),
         "detect_memorize": GeneratedTask("detect_memorize", PLACES, "segment", memorize_sample),
         "reasoning": GeneratedTask("reasoning", PLACES, "sentence", reasoning_sample),
+        "reasoning_plain": GeneratedTask("reasoning_plain", PLACES, "sentence",
+                                         functools.partial(reasoning_sample, plain=True)),
     }
 
 
-TASK_NAMES = ("memorize", "detect_memorize", "reasoning") + BABI_TASK_NAMES
+TASK_NAMES = ("memorize", "detect_memorize", "reasoning", "reasoning_plain") + BABI_TASK_NAMES
 
 
 def get_task(name: str, babi_path: Optional[str] = None, max_n_facts: Optional[int] = None) -> Task:

@@ -92,9 +92,10 @@ def test_memorize_puts_the_fact_first(tokenizer):
     assert all(dataset.build(i).fact_positions == [0] for i in range(10))
 
 
-def test_reasoning_answers_follow_from_the_facts():
+@pytest.mark.parametrize("name", ["reasoning", "reasoning_plain"])
+def test_reasoning_answers_follow_from_the_facts(name):
     relation = re.compile(r"^The (\w+) is (\w+) of the (\w+)\.$")
-    task, rng = get_task("reasoning"), np.random.default_rng(0)
+    task, rng = get_task(name), np.random.default_rng(0)
     for _ in range(300):
         sample = task.draw(rng, 0, "train")
         is_direction_of = set()  # (x, d, y): x is d of y
@@ -110,6 +111,18 @@ def test_reasoning_answers_follow_from_the_facts():
             answers = {z for y2, d2, z in is_direction_of if (y2, d2) == (y, d)}
         assert answers == {sample.answer}
         assert sample.answer in PLACES
+
+
+def test_plain_reasoning_names_the_answer_with_the_questions_direction_word():
+    plain, full = get_task("reasoning_plain"), get_task("reasoning")
+    rng = np.random.default_rng(0)
+    phrasings = set()
+    for _ in range(200):
+        sample = plain.draw(rng, 0, "train")
+        direction, anchor = re.match(r"^What is (\w+) of the (\w+)\?$", sample.question).groups()
+        assert f"The {sample.answer} is {direction} of the {anchor}." in sample.facts
+        phrasings |= {fact.endswith(f"of the {anchor}.") for fact in full.draw(rng, 0, "train").facts}
+    assert phrasings == {True, False}  # the full task does phrase facts both ways round
 
 
 def test_samples_are_a_pure_function_of_seed_split_and_index(tokenizer):
