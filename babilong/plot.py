@@ -1,10 +1,11 @@
 """Plot BABILong results as the paper's figure: accuracy vs input size in tokens, one line per task.
 
-    python -m babilong.plot RUNS_DIR -o accuracy.png [--by_stage]
+    python -m babilong.plot RUNS_DIR -o accuracy.png [--by_stage] [--tasks memorize,reasoning]
 
 Reads every `results.jsonl` under RUNS_DIR (see babilong.results). By default a task's line shows the model
 trained on the most segments (the end of its curriculum) evaluated at every length; `--by_stage` draws one line
-per training length instead (the paper's generalisation figure). When one point was evaluated more than once the
+per training length instead (the paper's generalisation figure); `--tasks` keeps the named tasks only (e.g. not
+a warm-up stage's). When one point was evaluated more than once the
 record appended last wins. The points drawn are also printed as a markdown table. Bad input exits with code 2
 and a one-line message.
 """
@@ -130,7 +131,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--by_stage", action="store_true",
                         help="one line per training length instead of one per task (default: off)")
     parser.add_argument("--title", default="RMT on BABILong", help="figure title (default: RMT on BABILong)")
+    parser.add_argument("--tasks", default=None,
+                        help="comma-separated tasks to draw, e.g. memorize,reasoning (default: every task found)")
     return parser.parse_args(argv)
+
+
+def keep_tasks(records: list, tasks: str | None) -> list:
+    """The records of the comma-separated `tasks` (all records for None); ValueError names a task with none."""
+    if tasks is None:
+        return records
+    wanted = [task.strip() for task in tasks.split(",") if task.strip()]
+    found = sorted({record["task"] for record in records})
+    missing = [task for task in wanted if task not in found]
+    if not wanted or missing:
+        raise ValueError(f"--tasks {tasks!r}: no results of {missing or 'any task'}; expected tasks among {found}")
+    return [record for record in records if record["task"] in wanted]
 
 
 def main(argv=None) -> int:
@@ -140,7 +155,7 @@ def main(argv=None) -> int:
         if not records:
             raise ValueError(f"no results.jsonl with records under {args.runs_dir!r}: expected run folders that "
                              "were evaluated by run_finetuning_babilong_rmt.py")
-        lines = select_lines(records, args.by_stage)
+        lines = select_lines(keep_tasks(records, args.tasks), args.by_stage)
         output = plot_lines(lines, args.output or Path(args.runs_dir) / DEFAULT_OUTPUT_NAME, args.title)
     except (ValueError, OSError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)

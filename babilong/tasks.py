@@ -143,11 +143,12 @@ def reasoning_sample(rng: np.random.Generator, plain: bool = False) -> TaskSampl
     question has exactly one answer. E.g. 'The hallway is east of the bathroom.' + 'The bedroom is west
     of the bathroom.' + 'What is the bathroom east of?' -> bedroom.
 
-    With `plain`, every fact reads 'The <neighbour> is <d> of the <anchor>.' and every question 'What is <d> of
-    the <anchor>?': the answer is the fact whose direction word the question repeats. The full task hides
-    that match behind two phrasings each of fact and question, and whether the direction words of question
-    and answer agree is the parity of the two: no single word carries any signal, and a model trained on it
-    from scratch sits at 50% for hundreds of steps (babilong/RESULTS.md). `reasoning_plain` is the warm-up.
+    With `plain`, every fact reads 'The <neighbour> is <d> of the <anchor>.' and every question 'What is <d>
+    of the <anchor>?': the answer is the fact whose direction word the question repeats. In the full task
+    each fact and the question come in two phrasings, and the answer's fact repeats the question's direction
+    word exactly when both are phrased the same way: when the two facts lie on one axis (east and west of the
+    anchor), only that parity tells them apart. Trained on the full task, the offline model sits near 50% for
+    hundreds of steps (babilong/RESULTS.md); `reasoning_plain` is a warm-up stage for it.
     """
     anchor, *neighbours = rng.choice(PLACES, size=3, replace=False).tolist()
     directions = rng.choice(DIRECTIONS, size=2, replace=False).tolist()

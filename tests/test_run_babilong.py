@@ -213,6 +213,17 @@ def test_plot_draws_the_most_trained_model_per_task(tmp_path, capsys):
     assert sorted(lines) == [("memorize", "", 1), ("memorize", "", 2), ("reasoning", "", 1)]
 
 
+def test_plot_keeps_the_named_tasks(tmp_path, capsys):
+    append_result(tmp_path / "reasoning_plain", _record("reasoning_plain", 1, 1, 90.0))
+    append_result(tmp_path / "reasoning", _record("reasoning", 2, 2, 60.0))
+    assert plot.main([str(tmp_path), "--tasks", "reasoning"]) == 0
+    table = capsys.readouterr().out
+    assert "| reasoning |  | 2 | 2 | 114 | 60.0 | 10 |" in table and "reasoning_plain" not in table
+    assert plot.main([str(tmp_path), "--tasks", "reasoning,memorize"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "['memorize']" in err[0] and "'reasoning_plain'" in err[0]
+
+
 def test_plot_labels_only_lengths_far_enough_apart_on_the_log_axis():
     assert plot.spaced_out([57, 114, 171, 342, 5472, 100035]) == [57, 114, "", 342, 5472, 100035]
     assert plot.spaced_out([100, 120, 150, 200]) == [100, "", "", 200]
