@@ -92,3 +92,48 @@ def test_long_stage_is_evaluated_at_every_trained_length_and_16x(main_job):
     assert sorted(evaluated) == [1, 2, 3, 48]
     assert all(record["trained_n_segments"] == 3 for record in evaluated.values())
     assert (main_job / "accuracy_vs_length.png").stat().st_size > 0
+
+
+PAPER_FIGURE = REPO_ROOT / "scripts" / "babilong" / "offline_paper_figure.sh"
+
+
+def run_paper_figure(env_overrides: dict, args=()) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(PAPER_FIGURE), *args], env={**os.environ, **env_overrides},
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_paper_figure_warms_reasoning_up_from_memorize(tmp_path):
+    config = tmp_path / "bert.json"
+    config.write_text(json.dumps(TINY_BERT))
+    runs = tmp_path / "runs"
+    env = {"RUNS_DIR": str(runs), "TASKS": "memorize reasoning", "SEGMENTS": "1", "ITERS": "2", "VALID_INTERVAL": "1",
+           "NUM_VALID_SAMPLES": "4", "LONG_SEGMENTS": "2", "LONG_ITERS": "1", "LONG_VALID_INTERVAL": "1",
+           "LONG_NUM_VALID_SAMPLES": "3", "EVAL_NUM_VALID_SAMPLES": "3", "EVAL_BS": "3", "WARMUP_ITERS": "2",
+           "REASONING_RECIPE": "ITERS=2 VALID_INTERVAL=1", "LONG_EVAL_SEGMENTS": "5", "LONG_EVAL_SAMPLES": "2",
+           "TBS": "2", "BS": "2", "INPUT_SIZE": "32", "MEMORY_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    result = run_paper_figure(env, ["--model_cfg", str(config)])
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def run_folder(pattern):
+        (folder,) = runs.glob(pattern)
+        return folder, json.loads((folder / CONFIG_FILE).read_text())["args"]
+
+    memorize_long, _ = run_folder("memorize/*/*_seg2_*_lr5e-5/run_1")
+    warmup, warmup_args = run_folder("warmup/reasoning_plain/*/*_seg1_*/run_1")
+    assert warmup_args["task"] == "reasoning_plain" and Path(warmup_args["model_cpt"]) == memorize_long
+    _, reasoning_first = run_folder("reasoning/*/*_seg1_*/run_1")
+    assert Path(reasoning_first["model_cpt"]) == warmup and reasoning_first["iters"] == 2
+    reasoning_long, _ = run_folder("reasoning/*/*_seg2_*_lr5e-5/run_1")
+    long_eval = [r for r in read_results(reasoning_long / RESULTS_FILE) if r["n_segments"] == 5]
+    assert [r["n_samples"] for r in long_eval] == [2]
+    final_table = result.stdout[result.stdout.rindex("| task |"):].splitlines()[2:]  # the figure's, printed last
+    assert {line.split("|")[1].strip() for line in final_table if line.startswith("| ")} == {"memorize", "reasoning"}
+    assert (runs / "accuracy_vs_length.png").stat().st_size > 0
+
+
+def test_paper_figure_refuses_an_unknown_task(tmp_path):
+    result = run_paper_figure({"RUNS_DIR": str(tmp_path), "TASKS": "memorise"})
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: TASKS has memorise: expected memorize, detect_memorize and/or reasoning"]
+    assert not any(tmp_path.iterdir())
