@@ -78,16 +78,24 @@ class MemoryRecorder:
         self.previous = memory
 
 
-def trace_run(run_dir: Path, n_segments: int, n_samples: int) -> dict:
-    """The curves of one checkpoint over n_segments segments of n_samples validation samples, and its accuracy."""
+def checkpoint_experiment(run_dir: Path, n_segments: int, n_samples: int, batch_size: int) -> tuple:
+    """(experiment, stages) of the entry script evaluating a run folder's checkpoint on n_samples validation
+    samples of n_segments segments, with the task, data and architecture it was trained with."""
     import run_finetuning_babilong_rmt as run_babilong  # the entry script builds model and data as in training
     trained = json.loads((run_dir / CONFIG_FILE).read_text())["args"]
     argv = ["--validate_only", "--model_cpt", str(run_dir), "--max_n_segments", str(n_segments),
-            "--batch_size", str(n_samples), "--num_valid_samples", str(n_samples)]
+            "--batch_size", str(batch_size), "--num_valid_samples", str(n_samples)]
     for name in ARCHITECTURE_ARGS:
         if trained.get(name) is not None:
             argv += [f"--{name}", str(trained[name])]
     experiment, stages, _ = run_babilong.setup(argv)
+    return experiment, stages
+
+
+def trace_run(run_dir: Path, n_segments: int, n_samples: int) -> dict:
+    """The curves of one checkpoint over n_segments segments of n_samples validation samples, and its accuracy."""
+    trained = json.loads((run_dir / CONFIG_FILE).read_text())["args"]
+    experiment, stages = checkpoint_experiment(run_dir, n_segments, n_samples, batch_size=n_samples)
     if experiment.args.model_type != "encoder":
         raise ValueError(f"{run_dir}: model_type {experiment.args.model_type!r}: expected an encoder checkpoint")
     model = experiment.model.eval()

@@ -17,12 +17,9 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from babilong.memory_trace import ARCHITECTURE_ARGS  # noqa: E402
-from babilong.tasks import OPPOSITE_DIRECTION  # noqa: E402
-from lm_experiments_tools.utils import CONFIG_FILE  # noqa: E402
+from babilong.memory_trace import checkpoint_experiment
+from babilong.tasks import OPPOSITE_DIRECTION
+from lm_experiments_tools.utils import CONFIG_FILE
 
 RELATION = re.compile(r"^The \w+ is (\w+) of the \w+\.$")
 
@@ -34,14 +31,7 @@ def one_axis(facts) -> bool:
 
 
 def evaluate(run_dir: Path, n_segments: int, n_samples: int, batch_size: int = 64) -> dict:
-    import run_finetuning_babilong_rmt as run_babilong  # builds model and data as training did
-    trained = json.loads((run_dir / CONFIG_FILE).read_text())["args"]
-    argv = ["--validate_only", "--model_cpt", str(run_dir), "--max_n_segments", str(n_segments),
-            "--batch_size", str(batch_size), "--num_valid_samples", str(n_samples)]
-    for name in ARCHITECTURE_ARGS:
-        if trained.get(name) is not None:
-            argv += [f"--{name}", str(trained[name])]
-    experiment, stages, _ = run_babilong.setup(argv)
+    experiment, stages = checkpoint_experiment(run_dir, n_segments, n_samples, batch_size)
     dataset = experiment.dataset(stages[0], "valid", n_samples)
     model = experiment.model.eval()
     correct = {True: [], False: []}

@@ -1,7 +1,8 @@
 """Long BABILong inputs on tiny random backbones: batched evaluation against batch 1, the long-evaluation
-benchmark, and the memory-trace diagnostic."""
+benchmark, the memory-trace diagnostic, and the reasoning split by fact geometry."""
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -10,11 +11,13 @@ import torch
 
 import run_finetuning_babilong_rmt as run_babilong
 from babilong import memory_trace
+from babilong.tasks import OPPOSITE_DIRECTION
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import babilong_long_eval  # noqa: E402  (a script folder, not a package)
+import reasoning_by_axis  # noqa: E402
 
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
              "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64,
@@ -113,3 +116,26 @@ def test_memory_trace_runs_on_a_tiny_model(tiny_run, tmp_path):
 def test_memory_trace_bad_input_exits_2(tmp_path, capsys):
     assert memory_trace.main([str(tmp_path), "--n_segments", "10"]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def neighbour_directions(facts) -> list:
+    """Direction of each fact's neighbour as seen from the anchor (the place both facts name)."""
+    relations = [re.match(r"^The (\w+) is (\w+) of the (\w+)\.$", fact).groups() for fact in facts]
+    (anchor,) = {relations[0][0], relations[0][2]} & {relations[1][0], relations[1][2]}
+    return [d if y == anchor else OPPOSITE_DIRECTION[d] for _, d, y in relations]
+
+
+def test_reasoning_by_axis_splits_by_where_the_neighbours_lie(tiny_bert, tmp_path):
+    run_dir = tmp_path / "reasoning"
+    run_babilong.main(["--task", "reasoning", "--model_cfg", tiny_bert, "--input_size", str(INPUT_SIZE),
+                       "--num_mem_tokens", str(NUM_MEM_TOKENS), "--num_valid_samples", "4", "--batch_size", "4",
+                       "--iters", "2", "--valid_interval", "2", "--save_best", "--model_path", str(run_dir)])
+    summary = reasoning_by_axis.evaluate(run_dir, n_segments=2, n_samples=30, batch_size=8)
+    experiment, stages = memory_trace.checkpoint_experiment(run_dir, 2, 30, batch_size=8)
+    dataset = experiment.dataset(stages[0], "valid", 30)
+    directions = [neighbour_directions(dataset.build(i).task_sample.facts) for i in range(30)]
+    n_one_axis = sum(first == OPPOSITE_DIRECTION[second] for first, second in directions)
+    assert summary["n_samples"] == 30 and 0 < n_one_axis < 30
+    assert (summary["one_axis_samples"], summary["perpendicular_samples"]) == (n_one_axis, 30 - n_one_axis)
+    hits = summary["one_axis_accuracy"] * n_one_axis + summary["perpendicular_accuracy"] * (30 - n_one_axis)
+    assert hits / 30 == pytest.approx(summary["accuracy"])
