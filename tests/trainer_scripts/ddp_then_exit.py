@@ -22,9 +22,15 @@ GLOO_THREAD_PREFIXES = ("pt_gloo", "gloo")  # pt_gloo_runloop: worker threads; g
 
 
 def gloo_thread_count() -> int:
-    """Threads of this process that belong to gloo, found by name in /proc."""
-    names = [Path(f"/proc/self/task/{tid}/comm").read_text().strip() for tid in os.listdir("/proc/self/task")]
-    return sum(name.startswith(GLOO_THREAD_PREFIXES) for name in names)
+    """Threads of this process that belong to gloo, found by name in /proc. A thread that ends between the listing
+    and the reading of its name is not counted."""
+    count = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            count += Path(f"/proc/self/task/{tid}/comm").read_text().startswith(GLOO_THREAD_PREFIXES)
+        except FileNotFoundError:
+            pass
+    return count
 
 
 class Holder:

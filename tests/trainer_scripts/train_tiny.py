@@ -8,6 +8,7 @@ import atexit
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,10 @@ class ScriptArgs:
                                         "exit_report.rank{N}.json whether a process group is still set up and how "
                                         "many gloo threads are left"})
     fail_at_batch: int = field(
-        default=0, metadata={"help": "The last rank raises on the n-th batch it prepares, training or validation (>0)"})
+        default=0, metadata={"help": "The last rank raises on the n-th batch it prepares, training or validation (>0). "
+                                     "The other ranks then ignore SIGTERM outside training: torchrun sends it when "
+                                     "the last rank fails, and it would cut their exit handlers short, which "
+                                     "exit_report is there to check"})
 
 
 def report_at_exit(path_prefix: str) -> None:
@@ -71,6 +75,8 @@ def main():
     if script_args.exit_report:
         report_at_exit(script_args.exit_report)
     context = init_distributed()
+    if script_args.fail_at_batch > 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the Trainer's own handling applies while it trains
     trainer = build_trainer(trainer_args, dropout=script_args.dropout, shuffle=script_args.shuffle,
                             batch_transform_fn=make_batch_transform(script_args, context),
                             keep_for_metrics_fn=keep_errors, metrics_fn=dataset_metrics)
