@@ -1,5 +1,7 @@
 """Long BABILong inputs on tiny random backbones: batched evaluation against batch 1, the long-evaluation
-benchmark, the memory-trace diagnostic, and the reasoning split by fact geometry."""
+benchmark, the memory-trace diagnostic, the reasoning split by fact geometry and the accuracy split by how far back
+the answer's fact lies."""
+import collections
 import json
 import math
 import re
@@ -10,13 +12,14 @@ import pytest
 import torch
 
 import run_finetuning_babilong_rmt as run_babilong
-from babilong import memory_trace
+from babilong import generate_babi, memory_trace
 from babilong.tasks import OPPOSITE_DIRECTION
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-import babilong_long_eval  # noqa: E402  (a script folder, not a package)
+import accuracy_by_fact_segment  # noqa: E402  (a script folder, not a package)
+import babilong_long_eval  # noqa: E402
 import reasoning_by_axis  # noqa: E402
 
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -139,3 +142,35 @@ def test_reasoning_by_axis_splits_by_where_the_neighbours_lie(tiny_bert, tmp_pat
     assert (summary["one_axis_samples"], summary["perpendicular_samples"]) == (n_one_axis, 30 - n_one_axis)
     hits = summary["one_axis_accuracy"] * n_one_axis + summary["perpendicular_accuracy"] * (30 - n_one_axis)
     assert hits / 30 == pytest.approx(summary["accuracy"])
+
+
+def test_accuracy_by_fact_segment_splits_by_where_the_answer_lies(tiny_bert, tmp_path):
+    n_segments, n_samples = 3, 40
+    generate_babi.main(["--out", str(tmp_path / "babi"), "--tasks", "qa1", "--n_train", "40", "--n_test", "100"])
+    run_dir = tmp_path / "qa1"
+    run_babilong.main(["--task", "qa1", "--babi_path", str(tmp_path / "babi"), "--max_n_facts", "4", "--model_cfg",
+                       tiny_bert, "--input_size", str(INPUT_SIZE), "--num_mem_tokens", str(NUM_MEM_TOKENS),
+                       "--max_n_segments", str(n_segments), "--num_valid_samples", "4", "--batch_size", "4",
+                       "--iters", "2", "--valid_interval", "2", "--save_best", "--model_path", str(run_dir)])
+    summary = accuracy_by_fact_segment.evaluate(run_dir, n_segments=n_segments, n_samples=n_samples, batch_size=8)
+    experiment, stages = memory_trace.checkpoint_experiment(run_dir, n_segments, n_samples, batch_size=8)
+    dataset = experiment.dataset(stages[0], "valid", n_samples)
+    assert len(dataset) == n_samples  # the short questions of 100 are enough
+    segment_size = INPUT_SIZE - NUM_MEM_TOKENS - 3  # [CLS] memory [SEP] tokens [SEP]
+    expected = collections.Counter()
+    for index in range(n_samples):
+        built = dataset.build(index)
+        fact = built.task_sample.facts[built.task_sample.supporting[-1]]
+        fact_ids = experiment.tokenizer.encode(fact, add_special_tokens=False)
+        start = built.fact_positions[built.task_sample.supporting[-1]]
+        assert built.input_ids[start:start + len(fact_ids)].tolist() == fact_ids
+        expected[str(n_segments - 1 - start // segment_size)] += 1
+    groups = summary["by_segments_back"]
+    assert len(groups) > 1 and {name: group["samples"] for name, group in groups.items()} == expected
+    hits = sum(group["accuracy"] * group["samples"] / 100 for group in groups.values())
+    assert summary["n_samples"] == n_samples and hits / n_samples * 100 == pytest.approx(summary["accuracy"])
+
+
+def test_accuracy_by_fact_segment_refuses_a_folder_without_a_run(tmp_path, capsys):
+    assert accuracy_by_fact_segment.main([str(tmp_path)]) == 2
+    assert "expected a run folder" in capsys.readouterr().err
