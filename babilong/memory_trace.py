@@ -27,16 +27,12 @@ import torch
 
 from lm_experiments_tools.utils import CONFIG_FILE
 
+from .checkpoint_eval import checkpoint_experiment
 from .plot import save_figure
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = "memory_trace.png"
-# what the checkpoint was trained with and the trace must repeat
-ARCHITECTURE_ARGS = ("task", "noise_dataset", "model_type", "from_pretrained", "model_cfg", "tokenizer", "input_size",
-                     "num_mem_tokens", "segment_alignment", "placement", "babi_path", "max_n_facts", "seed")
-
-
 def step_change(previous: torch.Tensor, current: torch.Tensor) -> float:
     """Mean over samples of ||current - previous|| / ||current||; previous, current: (B, m, H)."""
     difference = (current - previous).flatten(1).norm(dim=1)  # (B,)
@@ -76,20 +72,6 @@ class MemoryRecorder:
             self.curves["step_change"].append(float("nan"))
         self.curves["answer_separation"].append(answer_separation(memory, self.labels))
         self.previous = memory
-
-
-def checkpoint_experiment(run_dir: Path, n_segments: int, n_samples: int, batch_size: int) -> tuple:
-    """(experiment, stages) of the entry script evaluating a run folder's checkpoint on n_samples validation
-    samples of n_segments segments, with the task, data and architecture it was trained with."""
-    import run_finetuning_babilong_rmt as run_babilong  # the entry script builds model and data as in training
-    trained = json.loads((run_dir / CONFIG_FILE).read_text())["args"]
-    argv = ["--validate_only", "--model_cpt", str(run_dir), "--max_n_segments", str(n_segments),
-            "--batch_size", str(batch_size), "--num_valid_samples", str(n_samples)]
-    for name in ARCHITECTURE_ARGS:
-        if trained.get(name) is not None:
-            argv += [f"--{name}", str(trained[name])]
-    experiment, stages, _ = run_babilong.setup(argv)
-    return experiment, stages
 
 
 def trace_run(run_dir: Path, n_segments: int, n_samples: int) -> dict:

@@ -21,15 +21,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from babilong.checkpoint_eval import trained_argv
 from babilong.results import RESULTS_FILE, read_results
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.utils import CONFIG_FILE, parse_positive_ints
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAIN_JOB_RUNS = REPO_ROOT / "runs" / "offline_main_job"
-# what the checkpoint was trained with and evaluation must repeat
-ARCHITECTURE_ARGS = ("task", "noise_dataset", "model_type", "from_pretrained", "model_cfg", "tokenizer", "input_size",
-                     "num_mem_tokens", "segment_alignment", "placement", "babi_path", "max_n_facts")
 
 
 def most_trained_run(runs_dir: Path) -> Path:
@@ -43,16 +41,11 @@ def most_trained_run(runs_dir: Path) -> Path:
 
 def evaluation_argv(run_dir: Path, input_seq_len: int, n_samples: int, batch_size: int, results_dir: Path) -> list:
     """Arguments of a validate_only run of the checkpoint at input_seq_len tokens."""
-    trained = json.loads((run_dir / CONFIG_FILE).read_text())["args"]
-    argv = ["--validate_only", "--model_cpt", str(run_dir), "--model_path", str(results_dir),
+    return ["--validate_only", "--model_cpt", str(run_dir), "--model_path", str(results_dir),
             "--input_seq_len", str(input_seq_len),
             # a segment holds at least one token, so this many segments always hold the sample
             "--max_n_segments", str(input_seq_len), "--batch_size", str(batch_size),
-            "--num_valid_samples", str(n_samples), "--seed", str(trained.get("seed", 42))]
-    for name in ARCHITECTURE_ARGS:
-        if trained.get(name) is not None:
-            argv += [f"--{name}", str(trained[name])]
-    return argv
+            "--num_valid_samples", str(n_samples), *trained_argv(run_dir)]
 
 
 def run_evaluation(argv: list) -> float:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import run_finetuning_babilong_rmt as run_babilong
-from babilong import generate_babi, memory_trace
+from babilong import checkpoint_eval, generate_babi, memory_trace
 from babilong.tasks import OPPOSITE_DIRECTION
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 
@@ -134,7 +134,7 @@ def test_reasoning_by_axis_splits_by_where_the_neighbours_lie(tiny_bert, tmp_pat
                        "--num_mem_tokens", str(NUM_MEM_TOKENS), "--num_valid_samples", "4", "--batch_size", "4",
                        "--iters", "2", "--valid_interval", "2", "--save_best", "--model_path", str(run_dir)])
     summary = reasoning_by_axis.evaluate(run_dir, n_segments=2, n_samples=30, batch_size=8)
-    experiment, stages = memory_trace.checkpoint_experiment(run_dir, 2, 30, batch_size=8)
+    experiment, stages = checkpoint_eval.checkpoint_experiment(run_dir, 2, 30, batch_size=8)
     dataset = experiment.dataset(stages[0], "valid", 30)
     directions = [neighbour_directions(dataset.build(i).task_sample.facts) for i in range(30)]
     n_one_axis = sum(first == OPPOSITE_DIRECTION[second] for first, second in directions)
@@ -153,7 +153,7 @@ def test_accuracy_by_fact_segment_splits_by_where_the_answer_lies(tiny_bert, tmp
                        "--max_n_segments", str(n_segments), "--num_valid_samples", "4", "--batch_size", "4",
                        "--iters", "2", "--valid_interval", "2", "--save_best", "--model_path", str(run_dir)])
     summary = accuracy_by_fact_segment.evaluate(run_dir, n_segments=n_segments, n_samples=n_samples, batch_size=8)
-    experiment, stages = memory_trace.checkpoint_experiment(run_dir, n_segments, n_samples, batch_size=8)
+    experiment, stages = checkpoint_eval.checkpoint_experiment(run_dir, n_segments, n_samples, batch_size=8)
     dataset = experiment.dataset(stages[0], "valid", n_samples)
     assert len(dataset) == n_samples  # the short questions of 100 are enough
     segment_size = INPUT_SIZE - NUM_MEM_TOKENS - 3  # [CLS] memory [SEP] tokens [SEP]
@@ -171,6 +171,9 @@ def test_accuracy_by_fact_segment_splits_by_where_the_answer_lies(tiny_bert, tmp
     assert summary["n_samples"] == n_samples and hits / n_samples * 100 == pytest.approx(summary["accuracy"])
 
 
-def test_accuracy_by_fact_segment_refuses_a_folder_without_a_run(tmp_path, capsys):
-    assert accuracy_by_fact_segment.main([str(tmp_path)]) == 2
-    assert "expected a run folder" in capsys.readouterr().err
+def test_diagnostics_refuse_a_folder_without_a_run_and_a_bad_count(tiny_run, tmp_path, capsys):
+    evaluate = accuracy_by_fact_segment.evaluate
+    assert checkpoint_eval.run_folder_main("d", evaluate, 2, 8, [str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path} has no config.json: expected a run folder"
+    assert checkpoint_eval.run_folder_main("d", evaluate, 2, 8, [str(tiny_run), "--n_samples", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --n_samples 0: expected a positive integer"
