@@ -33,6 +33,8 @@ from .plot import save_figure
 logger = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = "memory_trace.png"
+
+
 def step_change(previous: torch.Tensor, current: torch.Tensor) -> float:
     """Mean over samples of ||current - previous|| / ||current||; previous, current: (B, m, H)."""
     difference = (current - previous).flatten(1).norm(dim=1)  # (B,)
