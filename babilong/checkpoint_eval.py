@@ -26,20 +26,20 @@ def trained_argv(run_dir: Path) -> list:
 
 
 def checkpoint_experiment(run_dir: Path, n_segments: int, n_samples: int, batch_size: int) -> tuple:
-    """(experiment, stages) of the entry script evaluating a run folder's checkpoint on n_samples validation
-    samples of n_segments segments, with the task, data and architecture it was trained with."""
+    """(experiment, stages) of the entry script evaluating a run folder's encoder checkpoint on n_samples
+    validation samples of n_segments segments, with the task, data and architecture it was trained with."""
     import run_finetuning_babilong_rmt as run_babilong  # the entry script builds model and data as in training
     argv = ["--validate_only", "--model_cpt", str(run_dir), "--max_n_segments", str(n_segments),
             "--batch_size", str(batch_size), "--num_valid_samples", str(n_samples), *trained_argv(run_dir)]
     experiment, stages, _ = run_babilong.setup(argv)
+    if experiment.args.model_type != "encoder":
+        raise ValueError(f"{run_dir}: model_type {experiment.args.model_type!r}: expected an encoder checkpoint")
     return experiment, stages
 
 
 def validation_hits(run_dir: Path, n_segments: int, n_samples: int, batch_size: int = 64) -> tuple:
     """(experiment, [(built sample, answered right)]) of an encoder checkpoint on its validation samples."""
     experiment, stages = checkpoint_experiment(run_dir, n_segments, n_samples, batch_size)
-    if experiment.args.model_type != "encoder":
-        raise ValueError(f"{run_dir}: model_type {experiment.args.model_type!r}: expected an encoder checkpoint")
     dataset = experiment.dataset(stages[0], "valid", n_samples)
     model = experiment.model.eval()
     hits = []

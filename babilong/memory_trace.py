@@ -80,8 +80,6 @@ def trace_run(run_dir: Path, n_segments: int, n_samples: int) -> dict:
     """The curves of one checkpoint over n_segments segments of n_samples validation samples, and its accuracy."""
     trained = json.loads((run_dir / CONFIG_FILE).read_text())["args"]
     experiment, stages = checkpoint_experiment(run_dir, n_segments, n_samples, batch_size=n_samples)
-    if experiment.args.model_type != "encoder":
-        raise ValueError(f"{run_dir}: model_type {experiment.args.model_type!r}: expected an encoder checkpoint")
     model = experiment.model.eval()
     loader = experiment.valid_batches(stages[0])
     batch = next(iter(loader))
