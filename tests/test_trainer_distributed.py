@@ -142,12 +142,21 @@ def interruptible_args(model_path, *extra) -> list:
             "--save_interval", "5", "--save_best", "--log_interval", "5", "--seed", "3", *extra]
 
 
+def command_line(process: psutil.Process) -> list:
+    """The process's arguments; [] for one that has ended (a launcher's short-lived helpers end while listed)."""
+    try:
+        return process.cmdline()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return []
+
+
 def training_ranks(launcher: subprocess.Popen) -> list:
     """The worker processes under a launcher (not the torchrun agent itself)."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         workers = [child for child in psutil.Process(launcher.pid).children(recursive=True)
-                   if str(SCRIPT) in child.cmdline() and not any("torchrun" in arg for arg in child.cmdline())]
+                   if str(SCRIPT) in (arguments := command_line(child))
+                   and not any("torchrun" in arg for arg in arguments)]
         if len(workers) == 2:
             return workers
         time.sleep(0.05)
