@@ -1,6 +1,6 @@
 """Long BABILong inputs on tiny random backbones: batched evaluation against batch 1, the long-evaluation
-benchmark, the memory-trace diagnostic, the reasoning split by fact geometry and the accuracy split by how far back
-the answer's fact lies."""
+benchmark, the memory-trace diagnostic, the reasoning split by fact geometry, the accuracy split by how far back
+the answer's fact lies and the linear probe of the memory."""
 import collections
 import json
 import math
@@ -20,6 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import accuracy_by_fact_segment  # noqa: E402  (a script folder, not a package)
 import babilong_long_eval  # noqa: E402
+import memory_probe  # noqa: E402
 import reasoning_by_axis  # noqa: E402
 
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -27,6 +28,7 @@ TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "n
              "initializer_range": 0.5}  # large weights: samples get clearly different logits
 INPUT_SIZE, NUM_MEM_TOKENS = 32, 2
 LONG_N_SEGMENTS = 40  # many segments: differences between batch sizes would add up over the recurrence
+QA1_N_SEGMENTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,27 @@ def tiny_run(tiny_bert, tmp_path_factory) -> Path:
                        "--lr", "1e-3", "--valid_interval", "2", "--save_best", "--model_path", str(run_dir)])
     assert (run_dir / BEST_CHECKPOINT_NAME).is_file()
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_qa1_run(tiny_bert, tmp_path_factory) -> Path:
+    """A run folder after a few steps on generated qa1 stories of at most 4 facts, at QA1_N_SEGMENTS segments."""
+    root = tmp_path_factory.mktemp("qa1")
+    generate_babi.main(["--out", str(root / "babi"), "--tasks", "qa1", "--n_train", "40", "--n_test", "100"])
+    run_babilong.main(["--task", "qa1", "--babi_path", str(root / "babi"), "--max_n_facts", "4", "--model_cfg",
+                       tiny_bert, "--input_size", str(INPUT_SIZE), "--num_mem_tokens", str(NUM_MEM_TOKENS),
+                       "--max_n_segments", str(QA1_N_SEGMENTS), "--num_valid_samples", "4", "--batch_size", "4",
+                       "--iters", "2", "--valid_interval", "2", "--save_best", "--model_path", str(root / "run")])
+    return root / "run"
+
+
+def fact_start(experiment, built, index: int) -> int:
+    """Token position of fact `index` in a built sample, found by searching its ids (checked against the record)."""
+    fact_ids = experiment.tokenizer.encode(built.task_sample.facts[index], add_special_tokens=False)
+    ids = built.input_ids.tolist()
+    starts = [i for i in range(len(ids)) if ids[i:i + len(fact_ids)] == fact_ids]
+    assert built.fact_positions[index] in starts
+    return built.fact_positions[index]
 
 
 def predictions(tiny_bert: str, batch_size: int, n_samples: int) -> tuple:
@@ -128,11 +151,17 @@ def neighbour_directions(facts) -> list:
     return [d if y == anchor else OPPOSITE_DIRECTION[d] for _, d, y in relations]
 
 
-def test_reasoning_by_axis_splits_by_where_the_neighbours_lie(tiny_bert, tmp_path):
-    run_dir = tmp_path / "reasoning"
+@pytest.fixture(scope="module")
+def tiny_reasoning_run(tiny_bert, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "reasoning"
     run_babilong.main(["--task", "reasoning", "--model_cfg", tiny_bert, "--input_size", str(INPUT_SIZE),
                        "--num_mem_tokens", str(NUM_MEM_TOKENS), "--num_valid_samples", "4", "--batch_size", "4",
                        "--iters", "2", "--valid_interval", "2", "--save_best", "--model_path", str(run_dir)])
+    return run_dir
+
+
+def test_reasoning_by_axis_splits_by_where_the_neighbours_lie(tiny_reasoning_run):
+    run_dir = tiny_reasoning_run
     summary = reasoning_by_axis.evaluate(run_dir, n_segments=2, n_samples=30, batch_size=8)
     experiment, stages = checkpoint_eval.checkpoint_experiment(run_dir, 2, 30, batch_size=8)
     dataset = experiment.dataset(stages[0], "valid", 30)
@@ -144,14 +173,8 @@ def test_reasoning_by_axis_splits_by_where_the_neighbours_lie(tiny_bert, tmp_pat
     assert hits / 30 == pytest.approx(summary["accuracy"])
 
 
-def test_accuracy_by_fact_segment_splits_by_where_the_answer_lies(tiny_bert, tmp_path):
-    n_segments, n_samples = 3, 40
-    generate_babi.main(["--out", str(tmp_path / "babi"), "--tasks", "qa1", "--n_train", "40", "--n_test", "100"])
-    run_dir = tmp_path / "qa1"
-    run_babilong.main(["--task", "qa1", "--babi_path", str(tmp_path / "babi"), "--max_n_facts", "4", "--model_cfg",
-                       tiny_bert, "--input_size", str(INPUT_SIZE), "--num_mem_tokens", str(NUM_MEM_TOKENS),
-                       "--max_n_segments", str(n_segments), "--num_valid_samples", "4", "--batch_size", "4",
-                       "--iters", "2", "--valid_interval", "2", "--save_best", "--model_path", str(run_dir)])
+def test_accuracy_by_fact_segment_splits_by_where_the_answer_lies(tiny_qa1_run):
+    run_dir, n_segments, n_samples = tiny_qa1_run, QA1_N_SEGMENTS, 40
     summary = accuracy_by_fact_segment.evaluate(run_dir, n_segments=n_segments, n_samples=n_samples, batch_size=8)
     experiment, stages = checkpoint_eval.checkpoint_experiment(run_dir, n_segments, n_samples, batch_size=8)
     dataset = experiment.dataset(stages[0], "valid", n_samples)
@@ -160,15 +183,59 @@ def test_accuracy_by_fact_segment_splits_by_where_the_answer_lies(tiny_bert, tmp
     expected = collections.Counter()
     for index in range(n_samples):
         built = dataset.build(index)
-        fact = built.task_sample.facts[built.task_sample.supporting[-1]]
-        fact_ids = experiment.tokenizer.encode(fact, add_special_tokens=False)
-        start = built.fact_positions[built.task_sample.supporting[-1]]
-        assert built.input_ids[start:start + len(fact_ids)].tolist() == fact_ids
+        start = fact_start(experiment, built, built.task_sample.supporting[-1])
         expected[str(n_segments - 1 - start // segment_size)] += 1
     groups = summary["by_segments_back"]
     assert len(groups) > 1 and {name: group["samples"] for name, group in groups.items()} == expected
     hits = sum(group["accuracy"] * group["samples"] / 100 for group in groups.values())
     assert summary["n_samples"] == n_samples and hits / n_samples * 100 == pytest.approx(summary["accuracy"])
+
+
+def test_memory_probe_reads_the_memory_each_segment_wrote(tiny_qa1_run):
+    experiment, stages = checkpoint_eval.checkpoint_experiment(tiny_qa1_run, QA1_N_SEGMENTS, 6, batch_size=6)
+    dataset = experiment.dataset(stages[0], "valid", 6)
+    states = memory_probe.memory_states(experiment, dataset, batch_size=4)  # two batches
+    assert states.shape == (6, QA1_N_SEGMENTS - 1, NUM_MEM_TOKENS * TINY_BERT["hidden_size"])
+    batch = experiment.collate()([dataset[i] for i in range(6)])
+    with torch.no_grad():  # the wrapper's own record of each segment's last hidden layer
+        output = experiment.model(batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  output_hidden_states=True)
+    for t in range(QA1_N_SEGMENTS - 1):
+        expected = output[f"hidden_states_{t}"][-1][:, 1:1 + NUM_MEM_TOKENS].flatten(1)
+        torch.testing.assert_close(states[:, t], expected)
+    assert not torch.allclose(states[:, 0], states[:, 1])
+
+
+def test_memory_probe_targets_are_the_places_of_the_moves_before_each_segment_end(tiny_qa1_run):
+    n_samples, segment_size = 30, INPUT_SIZE - NUM_MEM_TOKENS - 3
+    summary = memory_probe.evaluate(tiny_qa1_run, QA1_N_SEGMENTS, n_samples, n_train=40)
+    experiment, stages = checkpoint_eval.checkpoint_experiment(tiny_qa1_run, QA1_N_SEGMENTS, n_samples, batch_size=8)
+    dataset = experiment.dataset(stages[0], "valid", n_samples)
+    moved = {str(t + 1): collections.Counter() for t in range(QA1_N_SEGMENTS - 1)}
+    for index in range(n_samples):
+        built = dataset.build(index)
+        for t in range(QA1_N_SEGMENTS - 1):
+            facts = built.task_sample.facts
+            people = {re.match(r"\w+", facts[i]).group() for i in range(len(facts))
+                      if fact_start(experiment, built, i) < (t + 1) * segment_size}
+            moved[str(t + 1)].update(people)
+    assert summary["n_test"] == n_samples and set(summary["after_segment"]) == set(moved)
+    for segment, scores in summary["after_segment"].items():
+        n_test = {person: score["n_test"] for person, score in scores.items()}
+        assert n_test and n_test.items() <= moved[segment].items()
+        for score in scores.values():
+            assert 0 <= score["accuracy"] <= 100 and 0 <= score["majority"] <= 100
+
+
+def test_memory_probe_refuses_one_segment_and_facts_other_than_moves(tiny_qa1_run, tiny_reasoning_run, capsys):
+    evaluate = memory_probe.evaluate
+    assert checkpoint_eval.run_folder_main("d", evaluate, 2, 8, [str(tiny_qa1_run), "--n_segments", "1"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --n_segments 1: expected at least 2 (memory is written before "
+                                               "the last)")
+    assert checkpoint_eval.run_folder_main("d", evaluate, 2, 8, [str(tiny_reasoning_run)]) == 2
+    assert re.fullmatch(r"error: fact 'The \w+ is \w+ of the \w+\.' is not a move \(`X went to the P\.`\): "
+                        r"expected a checkpoint of a task whose facts are moves \(qa1, memorize\)",
+                        capsys.readouterr().err.strip())
 
 
 def test_diagnostics_refuse_a_folder_without_a_run_and_a_bad_count(tiny_run, tmp_path, capsys):
