@@ -180,15 +180,24 @@ def test_accuracy_by_fact_segment_splits_by_where_the_answer_lies(tiny_qa1_run):
     dataset = experiment.dataset(stages[0], "valid", n_samples)
     assert len(dataset) == n_samples  # the short questions of 100 are enough
     segment_size = INPUT_SIZE - NUM_MEM_TOKENS - 3  # [CLS] memory [SEP] tokens [SEP]
-    expected = collections.Counter()
+    expected, expected_after = collections.Counter(), collections.Counter()
     for index in range(n_samples):
         built = dataset.build(index)
-        start = fact_start(experiment, built, built.task_sample.supporting[-1])
-        expected[str(n_segments - 1 - start // segment_size)] += 1
+        answer_fact = built.task_sample.supporting[-1]
+        segment = fact_start(experiment, built, answer_fact) // segment_size
+        expected[str(n_segments - 1 - segment)] += 1
+        if segment < n_segments - 1:
+            later = [i for i in range(answer_fact + 1, len(built.task_sample.facts))
+                     if fact_start(experiment, built, i) // segment_size == segment]
+            expected_after[str(min(len(later), 3))] += 1
     groups = summary["by_segments_back"]
     assert len(groups) > 1 and {name: group["samples"] for name, group in groups.items()} == expected
     hits = sum(group["accuracy"] * group["samples"] / 100 for group in groups.values())
     assert summary["n_samples"] == n_samples and hits / n_samples * 100 == pytest.approx(summary["accuracy"])
+    after = summary["through_memory_by_facts_after"]
+    assert len(expected_after) > 1 and {name: group["samples"] for name, group in after.items()} == expected_after
+    memory_hits = sum(group["accuracy"] * group["samples"] / 100 for name, group in groups.items() if name != "0")
+    assert sum(group["accuracy"] * group["samples"] / 100 for group in after.values()) == pytest.approx(memory_hits)
 
 
 def test_memory_probe_reads_the_memory_each_segment_wrote(tiny_qa1_run):
