@@ -35,6 +35,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_OUTPUT = "memory_trace.png"
 
 
+def written_memory(backbone_output, num_mem_tokens: int) -> torch.Tensor:
+    """(B, m, H) memory a segment wrote: the backbone's last hidden layer at the memory positions, after [CLS]."""
+    return backbone_output.hidden_states[-1][:, 1:1 + num_mem_tokens].detach().float()
+
+
 def step_change(previous: torch.Tensor, current: torch.Tensor) -> float:
     """Mean over samples of ||current - previous|| / ||current||; previous, current: (B, m, H)."""
     difference = (current - previous).flatten(1).norm(dim=1)  # (B,)
@@ -67,7 +72,7 @@ class MemoryRecorder:
         self.curves = {"step_change": [], "answer_separation": []}
 
     def __call__(self, module, inputs, output):
-        memory = output.hidden_states[-1][:, 1:1 + self.num_mem_tokens].detach().float()  # (B, m, H)
+        memory = written_memory(output, self.num_mem_tokens)
         if self.previous is not None:
             self.curves["step_change"].append(step_change(self.previous, memory))
         else:

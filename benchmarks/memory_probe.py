@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from babilong.checkpoint_eval import checkpoint_experiment, run_folder_main
+from babilong.memory_trace import written_memory
 
 # the moves of qa1 and memorize: "Mary went back to the kitchen."
 MOVE = re.compile(r"^(\w+) (?:moved|went back|went|journeyed|travelled) to the (\w+)\.$")
@@ -42,29 +43,29 @@ def places_after(built, end: int) -> dict:
 
 
 def memory_states(experiment, dataset, batch_size: int = 64) -> torch.Tensor:
-    """(n_samples, n_segments - 1, m * H) memory written after each segment but the last, read from the backbone's
-    last hidden layer at the memory positions."""
+    """(n_samples, n_segments - 1, m * H) memory written after each segment but the last."""
     model, m = experiment.model.eval(), experiment.args.num_mem_tokens
     written = []
     handle = model.model.register_forward_hook(
-        lambda module, inputs, output: written.append(output.hidden_states[-1][:, 1:1 + m].flatten(1)))
-    states = []
+        lambda module, inputs, output: written.append(written_memory(output, m).flatten(1)))
+    states, collate = [], experiment.collate()
     try:
         with torch.no_grad():
             for start in range(0, len(dataset), batch_size):
-                batch = experiment.collate()([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+                batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
                 written.clear()
                 model(batch["input_ids"], attention_mask=batch["attention_mask"])
                 states.append(torch.stack(written[:-1], dim=1))  # every sample fills every segment
     finally:
         handle.remove()
-    return torch.cat(states).float()
+    return torch.cat(states)
 
 
 def probe_data(experiment, stage, split: str, n_samples: int, n_segments: int) -> tuple:
     """(memory states (N, n_segments - 1, m * H), [per segment: [{person: place}] of the N samples])."""
     dataset = experiment.dataset(stage, split, n_samples)
-    places = [[places_after(dataset.build(i), (t + 1) * experiment.segment_size) for i in range(len(dataset))]
+    built = [dataset.build(i) for i in range(len(dataset))]
+    places = [[places_after(sample, (t + 1) * experiment.segment_size) for sample in built]
               for t in range(n_segments - 1)]
     return memory_states(experiment, dataset), places
 
