@@ -211,3 +211,23 @@ def test_segment_checkpointing_preloads_the_allocator(name, variables, preloaded
     assert finished.returncode == 0, finished.stderr
     assert calls == [f"LD_PRELOAD={preloaded}"]
     assert ("warning: MALLOC_PRELOAD=libmissing_malloc.so cannot be loaded" in finished.stderr) == warned
+
+
+@pytest.mark.parametrize("bf16, trained_in_bf16", [("1", True), ("0", False)])
+def test_offline_babilong_job_trains_under_bf16_as_asked_and_evaluates_in_float32(bf16, trained_in_bf16, stubs,
+                                                                                   tmp_path):
+    job = SCRIPTS / "babilong" / "offline_babilong_job.sh"
+    variables = {"BF16": bf16, "N_TRAIN": "40", "N_TEST": "20", "LONG_SEGMENTS": "4", "PYTHONPATH": str(REPO_ROOT)}
+    finished, calls = run_launcher(job, stubs, variables, tmp_path)  # ends at the plot: the stubs train nothing
+    trainings = [call for call in calls if "--validate_only" not in call]
+    evaluations = [call for call in calls if "--validate_only" in call]
+    assert len(trainings) == 2 and len(evaluations) == 2, (calls, finished.stderr)  # short stage, curriculum
+    assert all(("--bf16" in shlex.split(call)) == trained_in_bf16 for call in trainings)
+    assert not any("--bf16" in shlex.split(call) for call in evaluations)
+
+
+def test_offline_babilong_job_rejects_an_unknown_bf16_value_before_it_starts(stubs, tmp_path):
+    finished, calls = run_launcher(SCRIPTS / "babilong" / "offline_babilong_job.sh", stubs, {"BF16": "maybe"},
+                                   tmp_path)
+    assert finished.returncode == 2 and finished.stderr.strip() == "error: BF16=maybe: expected auto, 0 or 1"
+    assert calls == [] and not (tmp_path / "runs").exists()  # no stories generated, nothing launched
