@@ -10,13 +10,13 @@
 #      validation at STOP_AT exact match (%) and keeps its best exact-match checkpoint.
 #   3. The last stage's checkpoint is evaluated on EVAL_NUM_VALID_SAMPLES test questions at every trained length
 #      and on LONG_VALID_SAMPLES at LONG_SEGMENTS (up to 16x the longest trained length); then the plot.
-# Measured on this 2-core machine (AMD EPYC with AVX-512 BF16, so BF16=auto trains under bf16; RUNS_DIR=/tmp/s22/jobbf,
-# default threads, nothing else running): 7 min 53 s wall, 14 min 21 s CPU, peak RSS 1.8 GiB (in float32, BF16=0:
+# Measured on this 2-core machine (AMD EPYC with AVX-512 BF16, so BF16=auto trains under bf16; default threads,
+# nothing else running): 7 min 53 s wall, 14 min 21 s CPU, peak RSS 1.8 GiB (in float32, BF16=0:
 # 10 min 31 s). The short stage stopped at step 80 (97.7% on 128 short-story questions), 1 segment at step 100
 # (100%), 2 segments ran its 150 steps (best 88.3% at step 140). The 2-segment checkpoint: 99.2% at 1 segment (89
 # tokens, 250 questions), 87.2% at 2 (178 tokens, 250), 57% at 4, 34% at 8, 28% at 16, 23% at 32 (100 each; chance
 # 16.7%). So the 95% target holds at 1 segment only. The 2-segment figure depends on the run's trajectory: 78.4% in
-# float32, 74.8% with ITERS=400 (babilong/RESULTS.md, J1-J3). At 2 segments the questions whose answer lies in the
+# float32, 74.8% with ITERS=400 (babilong/RESULTS.md, J1, J2). At 2 segments the questions whose answer lies in the
 # question's own segment score 99-100%, those whose answer lies one segment back, where it must pass through memory,
 # 36-58% (benchmarks/accuracy_by_fact_segment.py). More memory tokens, other curricula and learning rates did not
 # close that gap, nor did 2,300 steps on a GPU (every setting levels off at 84-87%, benchmarks/qa1_gpu_sweep.sh): the
