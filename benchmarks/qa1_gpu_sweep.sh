@@ -49,7 +49,8 @@ mkdir -p "$OUT_DIR" "$WORK/logs"
 
 left() { echo $(( STARTED + DEADLINE_S - $1 - $(date +%s) )); }  # left RESERVED: seconds to the deadline - RESERVED
 
-run() {  # run SCRIPT RESERVED NAME [VAR=VALUE ...] -- [arguments]: one launcher run, stopped RESERVED s before the deadline
+# run SCRIPT RESERVED NAME [VAR=VALUE ...] -- [arguments]: one launcher run, stopped RESERVED s before the deadline
+run() {
     local script=$1 reserved=$2 name=$3 environment=()
     shift 3
     while [[ $# -gt 0 && $1 != -- ]]; do environment+=("$1"); shift; done
@@ -111,7 +112,8 @@ sweep_lengths() {
     two_segments control 4 SEED=44 -- &
     two_segments seg3 4 SEGMENTS=3 -- &
     two_segments seg4 4 SEGMENTS=4 -- &
-    two_segments cur234 4 SEGMENTS="2 3 4" ITERS=$(( ITERS / 10 > 0 ? ITERS / 10 : 1 )) MODEL_PATH="$WORK/cur234_seg{n_segments}" -- &
+    two_segments cur234 4 SEGMENTS="2 3 4" ITERS=$(( ITERS / 10 > 0 ? ITERS / 10 : 1 )) \
+        MODEL_PATH="$WORK/cur234_seg{n_segments}" -- &
     wait
     local name
     for name in control seg3 seg4 cur234_seg4; do evaluate "$name" 4 & done
