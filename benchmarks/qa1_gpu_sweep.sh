@@ -30,7 +30,7 @@ SWEEP=${SWEEP:-recipe}                          # recipe or lengths (above)
 DRY_RUN=${DRY_RUN:-0}                           # 1: a few steps of everything (on a CPU: under 3 minutes)
 DEADLINE_S=${DEADLINE_S:-$(( DRY_RUN ? 900 : 420 ))}  # everything is stopped this many seconds after the start
 EVAL_S=${EVAL_S:-$([[ $SWEEP == lengths ]] && echo 60 || echo 0)}  # the last seconds, kept for the evaluations
-ITERS=${ITERS:-4000}                            # most 2-segment steps per variant
+ITERS=${ITERS:-4000}                            # most steps per variant (the 2-3-4 curriculum: a tenth per stage)
 VALID_INTERVAL=${VALID_INTERVAL:-100}
 NUM_VALID_SAMPLES=${NUM_VALID_SAMPLES:-250}
 STAGE_ITERS=${STAGE_ITERS:-150}                 # most steps of each of the first two stages
