@@ -85,13 +85,11 @@ def evaluate(run_dir: Path, n_segments: int, n_samples: int, n_train: int = N_TR
         for person in people:
             train_y = np.array([sample.get(person, NOWHERE) for sample in train_places[t]])
             test_y = np.array([sample.get(person, NOWHERE) for sample in test_places[t]])
-            if len(set(train_y)) < 2:
-                continue  # nothing to tell apart
+            moved = test_y != NOWHERE
+            if len(set(train_y)) < 2 or not moved.any():
+                continue  # nothing to tell apart, or nobody to score
             probe = LogisticRegression(max_iter=2000).fit(train_x[:, t].numpy(), train_y)
             predicted = probe.predict(test_x[:, t].numpy())
-            moved = test_y != NOWHERE
-            if not moved.any():
-                continue
             values, counts = np.unique(train_y[train_y != NOWHERE], return_counts=True)
             scores[person] = {"accuracy": 100 * float((predicted[moved] == test_y[moved]).mean()),
                               "majority": 100 * float((test_y[moved] == values[counts.argmax()]).mean()),

@@ -89,11 +89,17 @@ two_segments() {  # two_segments NAME MEMORY_SIZE [VAR=VALUE ...] -- [arguments]
         "$@" --lr_scheduler constant_with_warmup
 }
 
-sweep_recipe() {
+# first_stages_beside MEMORY_SIZE: the first stages for 4 memory tokens, waited for, beside those for MEMORY_SIZE and
+# then its 2-segment variant memMEMORY_SIZE, left running
+first_stages_beside() {
     first_stages 4 &
     local memory_4=$!
-    (first_stages 8 && two_segments mem8 8 --) &
+    (first_stages "$1" && two_segments "mem$1" "$1" --) &
     wait "$memory_4"
+}
+
+sweep_recipe() {
+    first_stages_beside 8
     two_segments base 4 -- &
     two_segments seed43 4 SEED=43 -- &
     two_segments lr3e-4 4 LR=3e-4 -- &
@@ -105,10 +111,7 @@ sweep_recipe() {
 }
 
 sweep_lengths() {
-    first_stages 4 &
-    local memory_4=$!
-    (first_stages 16 && two_segments mem16 16 --) &
-    wait "$memory_4"
+    first_stages_beside 16
     two_segments control 4 SEED=44 -- &
     two_segments seg3 4 SEGMENTS=3 -- &
     two_segments seg4 4 SEGMENTS=4 -- &
