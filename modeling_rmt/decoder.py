@@ -4,7 +4,9 @@ docs/design.md (memory wrappers).
 Bulatov et al., "Scaling Transformer to 1M tokens and beyond with RMT" (2023) / AAAI 2024: a learned memory is
 read at the start of each segment and written at its end, `[mem read] tokens [mem write]`; the last hidden
 state at the write positions is the memory of the next segment. `MemoryCell` is one segment step and
-`RecurrentWrapper` the loop over segments.
+`RecurrentWrapper` the loop over segments. With `memory_type='associative'` (ARMT, `modeling_rmt.associative`) a
+segment is `tokens [mem write]`: the write positions fill every layer's associative memory, which the tokens of
+the next segments read inside each layer.
 """
 import inspect
 
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
+from modeling_rmt.associative import AssociativeMemory, check_memory_type
 from modeling_rmt.segments import (
     call_segment,
     check_bptt_depth,
@@ -20,9 +23,11 @@ from modeling_rmt.segments import (
     check_per_segment_outputs,
     check_segment_checkpointing,
     input_embeddings,
+    map_state,
     memory_for_segment,
     resolve_alignment,
     segment_boundaries,
+    where_started,
 )
 
 IGNORE_INDEX = -100
@@ -48,6 +53,12 @@ def shifted_targets(labels, labels_mask, attention_mask):
     return F.pad(targets, (0, 1), value=IGNORE_INDEX)
 
 
+def memory_positions(num_mem_tokens, memory_type="tokens"):
+    """Positions of a segment the memory takes: read and write (2m) for memory tokens, write only (m) for the
+    associative memory; the segment holds `input_size - memory_positions(...)` tokens."""
+    return num_mem_tokens if memory_type == "associative" else 2 * num_mem_tokens
+
+
 def positions_from_mask(attention_mask):
     """(B, T) 0/1 mask -> (B, T) position ids that skip masked positions, as `generate` computes them."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
@@ -59,14 +70,20 @@ class MemoryCell(nn.Module):
     Args:
         base_model: a Hugging Face causal LM that accepts `inputs_embeds`.
         num_mem_tokens: number of memory vectors m; 0 runs the bare backbone.
+        memory_type: 'tokens' (the paper) or 'associative' (ARMT: the m vectors are the write embeddings, the same in
+            every segment, and the memory state is every layer's (A, z)).
+        d_mem: associative memory only: size of its keys and queries before DPFP (the ARMT paper: 64).
     """
 
-    def __init__(self, base_model, num_mem_tokens):
+    def __init__(self, base_model, num_mem_tokens, memory_type="tokens", d_mem=64):
         super().__init__()
         check_memory_args(num_mem_tokens)
+        check_memory_type(memory_type, d_mem, num_mem_tokens)
         embeddings = input_embeddings(base_model)
         self.model = base_model
         self.num_mem_tokens = num_mem_tokens
+        self.memory_type = memory_type
+        self.associative = AssociativeMemory(base_model, d_mem) if memory_type == "associative" else None
         # docs/design.md: random normal scaled to the spread of the token embeddings
         weight = embeddings.weight.detach()
         self.memory = nn.Parameter(torch.randn(num_mem_tokens, weight.shape[1], dtype=weight.dtype,
@@ -74,7 +91,9 @@ class MemoryCell(nn.Module):
         self.accepts_position_ids = "position_ids" in inspect.signature(base_model.forward).parameters
 
     def initial_memory(self, batch_size):
-        """(B, m, H) memory before the first segment."""
+        """Memory before the first segment: (B, m, H), or the associative memory's empty state (A, z)."""
+        if self.associative is not None:
+            return self.associative.initial_state(batch_size, self.memory.device)
         return self.memory[None].expand(batch_size, -1, -1)
 
     def forward(self, input_ids=None, memory_state=None, attention_mask=None, inputs_embeds=None, **model_kwargs):
@@ -82,17 +101,19 @@ class MemoryCell(nn.Module):
 
         Args:
             input_ids: (B, T) token ids, or `inputs_embeds` (B, T, H).
-            memory_state: (B, m, H) memory to read; None for the initial memory.
+            memory_state: memory to read ((B, m, H), or the associative state (A, z)); None for the initial memory.
             attention_mask: optional (B, T) mask of real tokens (padding may be anywhere).
             model_kwargs: passed to the backbone (e.g. output_attentions).
 
         Returns:
             (output, new_memory): the backbone's output with `logits` (B, T, V) cut to the token positions,
-            and the (B, m, H) memory written by this segment.
+            and the memory written by this segment ((B, m, H), or the associative memory's (A, z)).
         """
         embeds = self._token_embeddings(input_ids, inputs_embeds)  # (B, T, H)
         batch_size, n_tokens = embeds.shape[:2]
         memory = self.initial_memory(batch_size) if memory_state is None else memory_state
+        if self.associative is not None:
+            return self._associative_step(embeds, memory, attention_mask, **model_kwargs)
         memory = memory.to(embeds.dtype)
         inputs_embeds = torch.cat([memory, embeds, memory], dim=1)  # (B, m + T + m, H)
         output = self.model(**self._model_inputs(inputs_embeds, attention_mask, n_tokens, write=True),
@@ -101,14 +122,31 @@ class MemoryCell(nn.Module):
         output.logits = output.logits[:, self.num_mem_tokens:self.num_mem_tokens + n_tokens]
         return output, new_memory
 
+    def _associative_step(self, embeds, state, attention_mask, **model_kwargs):
+        """`tokens [mem write]` through the backbone, reading from and writing to the associative state (A, z)."""
+        n_tokens = embeds.shape[1]
+        write = self.memory[None].expand(len(embeds), -1, -1).to(embeds.dtype)  # (B, m, H)
+        inputs = self._model_inputs(torch.cat([embeds, write], dim=1), attention_mask, n_tokens, write=True,
+                                    read=False)
+        with self.associative.segment(state, write_positions=slice(n_tokens, None)) as segment:
+            output = self.model(**inputs, use_cache=False, output_hidden_states=True, **model_kwargs)
+        output.logits = output.logits[:, :n_tokens]
+        return output, segment.new_state()
+
     def generate(self, input_ids, memory_state=None, attention_mask=None, **generate_kwargs):
-        """Generate after `[memory read] input_ids` with the backbone's `generate`.
+        """Generate after `[memory read] input_ids` with the backbone's `generate` (the associative memory: after
+        `input_ids`, every layer reading from the memory state, which generation does not write).
 
         Returns:
             (B, n_new) generated token ids (the backbone returns only new tokens when given `inputs_embeds`).
         """
         embeds = self._token_embeddings(input_ids, None)  # (B, T, H)
         memory = self.initial_memory(len(embeds)) if memory_state is None else memory_state
+        if self.associative is not None:
+            inputs = self._model_inputs(embeds, attention_mask, embeds.shape[1], write=False, read=False)
+            inputs.pop("position_ids", None)
+            with self.associative.segment(memory):
+                return self.model.generate(**inputs, **generate_kwargs)
         inputs_embeds = torch.cat([memory.to(embeds.dtype), embeds], dim=1)  # (B, m + T, H)
         inputs = self._model_inputs(inputs_embeds, attention_mask, embeds.shape[1], write=False)
         inputs.pop("position_ids", None)  # generate derives them from the attention mask the same way
@@ -118,13 +156,14 @@ class MemoryCell(nn.Module):
         check_one_input(input_ids, inputs_embeds)
         return self.model.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds
 
-    def _model_inputs(self, inputs_embeds, attention_mask, n_tokens, write):
-        """Backbone inputs: embeddings, the mask extended over the memory, positions that skip padding."""
+    def _model_inputs(self, inputs_embeds, attention_mask, n_tokens, write, read=True):
+        """Backbone inputs: embeddings, the mask extended over the memory read / write positions, positions that
+        skip padding."""
         batch_size = inputs_embeds.shape[0]
         if attention_mask is None:
             attention_mask = torch.ones(batch_size, n_tokens, dtype=torch.long, device=inputs_embeds.device)
         memory_mask = attention_mask.new_ones(batch_size, self.num_mem_tokens)
-        parts = [memory_mask, attention_mask, memory_mask] if write else [memory_mask, attention_mask]
+        parts = [memory_mask] * read + [attention_mask] + [memory_mask] * write
         mask = torch.cat(parts, dim=1)  # (B, m + T [+ m])
         inputs = {"inputs_embeds": inputs_embeds, "attention_mask": mask}
         if self.accepts_position_ids:
@@ -268,7 +307,8 @@ class RecurrentWrapper(nn.Module):
                 checkpointed=self.segment_checkpointing and index < len(spans) - 1,  # the last: backward is next
                 **cell_kwargs)
             has_tokens = segment_mask.bool().any(dim=1)  # (B,) an all-padding segment leaves the memory as is
-            memory = torch.where(has_tokens[:, None, None], new_memory.to(memory.dtype), memory)
+            memory = where_started(has_tokens, map_state(lambda new, old: new.to(old.dtype), new_memory, memory),
+                                   memory)
             started = started | has_tokens
             yield output, memory, loss_sum
 

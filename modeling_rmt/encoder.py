@@ -3,13 +3,16 @@ docs/design.md (memory wrappers).
 
 Bulatov et al., "Recurrent Memory Transformer" (NeurIPS 2022) and "Beyond Attention: Breaking the Limits of
 Transformer Context Length with Recurrent Memory" (AAAI 2024): memory tokens are prepended to every segment,
-and the backbone's last hidden state at the memory positions becomes the memory of the next segment.
+and the backbone's last hidden state at the memory positions becomes the memory of the next segment. With
+`memory_type='associative'` (ARMT, `modeling_rmt.associative`) the memory positions hold the same learned
+embeddings in every segment, and what they write goes into every layer's associative memory instead.
 """
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from modeling_rmt.associative import AssociativeMemory, check_memory_type
 from modeling_rmt.segments import (
     call_segment,
     check_bptt_depth,
@@ -17,6 +20,7 @@ from modeling_rmt.segments import (
     check_per_segment_outputs,
     check_segment_checkpointing,
     input_embeddings,
+    map_state,
     memory_for_segment,
     resolve_alignment,
     segment_boundaries,
@@ -78,12 +82,17 @@ class RMTEncoderForSequenceClassification(nn.Module):
         segment_checkpointing: free each segment's activations after its forward pass and recompute them in the
             backward pass: training memory stays that of one segment (plus the memory state and the inputs of
             each segment), gradients stay those of full BPTT, each segment costs one more forward pass.
+        memory_type: 'tokens' (the paper: the memory is the hidden state at the memory positions) or
+            'associative' (ARMT: every layer's key-value memory, written from the memory positions).
+        d_mem: associative memory only: size of its keys and queries before DPFP (the ARMT paper: 64).
     """
 
     def __init__(self, base_model, num_mem_tokens, tokenizer, input_size, max_n_segments, bptt_depth=-1,
-                 sum_loss=False, segment_alignment=None, segment_checkpointing=False):
+                 sum_loss=False, segment_alignment=None, segment_checkpointing=False, memory_type="tokens",
+                 d_mem=64):
         super().__init__()
         check_memory_args(num_mem_tokens, max_n_segments)
+        check_memory_type(memory_type, d_mem, num_mem_tokens)
         check_bptt_depth("bptt_depth", bptt_depth, minimum=0)
         check_segment_checkpointing(segment_checkpointing)
         self.alignment = resolve_alignment(segment_alignment)
@@ -106,6 +115,8 @@ class RMTEncoderForSequenceClassification(nn.Module):
         self.cls_token_id, self.sep_token_id, self.pad_token_id = (special_ids[n] for n in REQUIRED_SPECIAL_TOKENS)
         self.dropped_token_ids = sorted({i for i in special_ids.values() if i is not None})
         self._add_memory_tokens(embeddings, len(tokenizer))
+        self.memory_type = memory_type
+        self.associative = AssociativeMemory(base_model, d_mem) if memory_type == "associative" else None
 
     def _add_memory_tokens(self, embeddings, tokenizer_size):
         """Append `num_mem_tokens` rows to the embeddings and build the fixed segment prefix."""
@@ -150,7 +161,7 @@ class RMTEncoderForSequenceClassification(nn.Module):
         starts, ends, n_segments = segment_boundaries(lengths, self.segment_size, self.alignment)  # (B, K) x2
         n_slots = starts.shape[1]
         first_slot = n_slots - n_segments  # (B,)
-        initial_memory = self.input_embeddings(self.mem_token_ids).expand(len(input_ids), -1, -1)  # (B, m, H)
+        initial_memory = self.initial_memory(len(input_ids), input_ids.device)
         memory = initial_memory
         per_segment, segment_losses = {}, []
         for slot in tqdm(range(n_slots), desc="segments", disable=not show_progress):
@@ -159,10 +170,11 @@ class RMTEncoderForSequenceClassification(nn.Module):
             segment_ids, segment_mask = self._segment_layout(tokens, active, starts[active, slot], ends[active, slot])
             # the last segment is not checkpointed: its backward pass comes right after
             checkpointed = self.segment_checkpointing and slot < n_slots - 1
-            output, new_memory = call_segment(self._segment_step, segment_ids, segment_mask, memory[active],
+            output, new_memory = call_segment(self._segment_step, segment_ids, segment_mask,
+                                              map_state(lambda state: state[active], memory),
                                               None if labels is None else labels[active], output_attentions,
-                                              checkpointed=checkpointed)  # new_memory: (b, m, H)
-            memory = memory.index_put((active,), new_memory.to(memory.dtype))
+                                              checkpointed=checkpointed)
+            memory = map_state(lambda state, new: state.index_put((active,), new.to(state.dtype)), memory, new_memory)
             per_segment.update(self._segment_record(output, slot, output_attentions, output_hidden_states))
             if output.loss is not None:
                 # with no graph to keep, a float: one small tensor kept per segment fragments the CPU heap
@@ -178,6 +190,13 @@ class RMTEncoderForSequenceClassification(nn.Module):
     @property
     def input_embeddings(self):
         return self.model.get_input_embeddings()
+
+    def initial_memory(self, batch_size, device):
+        """Memory before the first segment: the memory tokens' embeddings (B, m, H), or the associative memory's
+        empty state (A, z) of `AssociativeMemory.initial_state`."""
+        if self.associative is not None:
+            return self.associative.initial_state(batch_size, device)
+        return self.input_embeddings(self.mem_token_ids).expand(batch_size, -1, -1)
 
     def _segment_layout(self, tokens, rows, starts, ends):
         """Lay out one segment per sample: `[CLS] mem [SEP] tokens [SEP] pad..`.
@@ -201,11 +220,17 @@ class RMTEncoderForSequenceClassification(nn.Module):
         return input_ids, attention_mask.long()
 
     def _segment_step(self, input_ids, attention_mask, memory, labels, output_attentions):
-        """Embed the segment, write `memory` (b, m, H) into the memory positions and run the backbone.
+        """Embed the segment, write `memory` (b, m, H) into the memory positions and run the backbone; with an
+        associative memory, run the backbone reading from and writing to the state `memory`.
 
         Returns:
-            (the backbone's output, the (b, m, H) memory it writes for the next segment).
+            (the backbone's output, the memory it writes for the next segment: (b, m, H) or the state (A, z)).
         """
+        if self.associative is not None:
+            with self.associative.segment(memory, write_positions=slice(1, 1 + self.num_mem_tokens)) as segment:
+                output = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                                    output_hidden_states=True, output_attentions=bool(output_attentions))
+            return output, segment.new_state()
         embeds = self.input_embeddings(input_ids)  # (b, input_size, H)
         embeds = torch.cat([embeds[:, :1], memory.to(embeds.dtype), embeds[:, 1 + self.num_mem_tokens:]], dim=1)
         output = self.model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,

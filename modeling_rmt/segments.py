@@ -109,6 +109,21 @@ def segment_boundaries(lengths, segment_size, alignment):
     return starts.masked_fill(empty, 0), ends.masked_fill(empty, 0), n_segments
 
 
+def map_state(fn, *states):
+    """Apply `fn` tensor by tensor to memory states: a tensor (memory tokens) or a tuple of tensors (associative
+    memory); every tensor has the batch first."""
+    if torch.is_tensor(states[0]):
+        return fn(*states)
+    return tuple(fn(*parts) for parts in zip(*states))
+
+
+def where_started(started, state, initial_state):
+    """Each sample's `state` where `started` (B,) is True, else its `initial_state`."""
+    def pick(current, initial):
+        return torch.where(started.view(-1, *[1] * (current.dim() - 1)), current, initial)
+    return map_state(pick, state, initial_state)
+
+
 def memory_for_segment(memory, initial_memory, started, segment_index, n_segments, bptt_transitions):
     """Memory that enters segment `segment_index`, with truncated backpropagation through time.
 
@@ -118,15 +133,16 @@ def memory_for_segment(memory, initial_memory, started, segment_index, n_segment
     exactly as if it were alone in the batch.
 
     Args:
-        memory: (B, m, H) memory carried from the previous segment.
-        initial_memory: (B, m, H) memory before the first segment.
+        memory: memory carried from the previous segment: (B, m, H) memory tokens, or a tuple of tensors with the
+            batch first (the associative memory's A and z).
+        initial_memory: the same structure before the first segment.
         started: (B,) bool, True for samples that already processed a non-empty segment.
         segment_index, n_segments: position of this segment and the number of segments.
         bptt_transitions: -1 or the number of most recent transitions that keep their gradient.
 
     Returns:
-        (B, m, H) memory for this segment.
+        the memory for this segment, the structure of `memory`.
     """
     if bptt_transitions >= 0 and segment_index < n_segments - bptt_transitions:
-        memory = memory.detach()
-    return torch.where(started[:, None, None], memory, initial_memory)
+        memory = map_state(torch.Tensor.detach, memory)
+    return where_started(started, memory, initial_memory)
