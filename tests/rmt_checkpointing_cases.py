@@ -43,13 +43,31 @@ def tiny_encoder(segment_checkpointing, max_n_segments=8, **kwargs):
                                                **kwargs)
 
 
-def tiny_decoder(segment_checkpointing, max_n_segments=8, **kwargs):
+def tiny_decoder(segment_checkpointing, max_n_segments=8, memory_type="tokens", d_mem=4, **kwargs):
     torch.manual_seed(0)
     config = GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=VOCAB_SIZE, n_positions=64, resid_pdrop=DROPOUT,
                         embd_pdrop=DROPOUT, attn_pdrop=DROPOUT, pad_token_id=PAD_ID)
-    cell = MemoryCell(GPT2LMHeadModel(config), MEM_TOKENS)
+    cell = MemoryCell(GPT2LMHeadModel(config), MEM_TOKENS, memory_type=memory_type, d_mem=d_mem)
     return RecurrentWrapper(cell, DECODER_SEGMENT_SIZE, max_n_segments, segment_checkpointing=segment_checkpointing,
                             **kwargs)
+
+
+def with_random_values(wrapper, std=0.5):
+    """`wrapper` with its associative memory's W_V drawn at random (it starts at 0, which would leave W_K, W_Q and
+    W_beta without gradient and the memory empty)."""
+    memory = wrapper.associative if hasattr(wrapper, "associative") else wrapper.memory_cell.associative
+    torch.manual_seed(1)
+    for layer in memory.layers:
+        torch.nn.init.normal_(layer.value.weight, std=std)
+    return wrapper
+
+
+def tiny_associative_encoder(segment_checkpointing, **kwargs):
+    return with_random_values(tiny_encoder(segment_checkpointing, memory_type="associative", d_mem=4, **kwargs))
+
+
+def tiny_associative_decoder(segment_checkpointing, **kwargs):
+    return with_random_values(tiny_decoder(segment_checkpointing, memory_type="associative", d_mem=4, **kwargs))
 
 
 def random_ids(shape, seed):
@@ -94,6 +112,10 @@ CASES = {
     "decoder_k2_2": (tiny_decoder, {"k2": 2}, lambda: decoder_batch([32, 30])),
     "decoder_labels_mask": (tiny_decoder, {}, lambda: decoder_batch([32, 32], answer_tokens=3)),
     "decoder_padded": (tiny_decoder, {}, lambda: decoder_batch([32, 5, 12, 25])),
+    "encoder_associative_padded": (tiny_associative_encoder, {"sum_loss": True}, lambda: encoder_batch([40, 7, 18])),
+    "encoder_associative_bptt_depth_1": (tiny_associative_encoder, {"bptt_depth": 1}, lambda: encoder_batch([40, 35])),
+    "decoder_associative_padded": (tiny_associative_decoder, {}, lambda: decoder_batch([32, 5, 12])),
+    "decoder_associative_k2_2": (tiny_associative_decoder, {"k2": 2}, lambda: decoder_batch([32, 30])),
 }
 
 
