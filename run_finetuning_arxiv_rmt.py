@@ -43,9 +43,11 @@ from lm_experiments_tools.errors import BadInputError, RunFailure
 from lm_experiments_tools.offline_model import load_tokenizer, small_gpt2_config
 from lm_experiments_tools.run_folder import prepare_run_folder
 from lm_experiments_tools.runs import (RunArgs, build_backbone, eval_batches, exit_on_bad_input, exit_on_failure,
-                                       help_field, load_config, load_run_weights, make_trainer, parse_args,
-                                       segment_checkpointing_option, start_run, train_batches, write_run_config)
+                                       help_field, load_config, load_run_weights, make_trainer, memory_type_options,
+                                       parse_args, segment_checkpointing_option, start_run, train_batches,
+                                       write_run_config)
 from lm_experiments_tools.utils import get_cls_by_name
+from modeling_rmt.decoder import memory_positions
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +66,8 @@ class ArxivArgs(RunArgs):
               "a 4-layer, 256-hidden GPT-2")
     backbone_cls: str = help_field("transformers:AutoModelForCausalLM", "Backbone class as module:Class")
     model_cls: str = help_field("modeling_rmt:RecurrentWrapper", "Recurrent wrapper class as module:Class")
-    input_size: int = help_field(128, "Tokens per backbone forward: segment tokens + 2 * num_mem_tokens")
+    input_size: int = help_field(128, "Tokens per backbone forward: segment tokens + 2 * num_mem_tokens (memory "
+                                      "tokens read and write) or + num_mem_tokens (associative memory: write only)")
     num_mem_tokens: int = help_field(0, "Memory tokens; 0 with max_n_segments 1 is the no-memory baseline")
     max_n_segments: int = help_field(
         1, "Blocks per sample: the scored block and up to max_n_segments - 1 blocks of history")
@@ -89,7 +92,7 @@ class ArxivArgs(RunArgs):
 
     @property
     def segment_size(self) -> int:
-        return self.input_size - 2 * self.num_mem_tokens
+        return self.input_size - memory_positions(self.num_mem_tokens, self.memory_type)
 
     @property
     def bptt_segments(self) -> int:
@@ -97,11 +100,13 @@ class ArxivArgs(RunArgs):
 
     def check(self, trainer_args) -> None:
         """Raise BadInputError naming the first ArXiv option that cannot work."""
-        if self.num_mem_tokens < 0 or self.input_size <= 2 * self.num_mem_tokens:
+        n_memory = memory_positions(self.num_mem_tokens, self.memory_type)
+        if self.num_mem_tokens < 0 or self.input_size <= n_memory:
             raise BadInputError(f"input_size={self.input_size} with num_mem_tokens={self.num_mem_tokens}: expected "
-                                "num_mem_tokens >= 0 and input_size > 2 * num_mem_tokens (room for segment tokens)")
+                                f"num_mem_tokens >= 0 and input_size > {n_memory} memory positions (room for segment "
+                                "tokens)")
         if self.segment_size < 2:
-            raise BadInputError(f"segment size input_size - 2 * num_mem_tokens = {self.segment_size}: "
+            raise BadInputError(f"segment size input_size - {n_memory} memory positions = {self.segment_size}: "
                                 "expected >= 2")
         if self.max_n_segments < 1:
             raise BadInputError(f"--max_n_segments {self.max_n_segments}: expected an integer >= 1")
@@ -126,14 +131,14 @@ def build_model(args: ArxivArgs, tokenizer):
     source = ({"pretrained": args.from_pretrained} if args.from_pretrained else
               {"config": load_config(args.model_cfg) if args.model_cfg else small_gpt2_config(tokenizer)})
     backbone = build_backbone(args.backbone_cls, tokenizer, input_size=args.input_size, **source)
-    cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens)
+    cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens, **memory_type_options(args))
     model = get_cls_by_name(args.model_cls)(cell, segment_size=args.segment_size,
                                              max_n_segments=args.max_n_segments, k2=args.bptt_segments,
                                              **segment_checkpointing_option(args))
     if args.model_cpt:
         load_run_weights(model, args.model_cpt)
     logger.info(f"model: {type(backbone).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters with "
-                f"memory), segment size {args.segment_size}, {args.num_mem_tokens} memory tokens, up to "
+                f"memory), segment size {args.segment_size}, {args.num_mem_tokens} memory tokens ({args.memory_type}), up to "
                 f"{args.max_n_segments} segments")
     return model
 

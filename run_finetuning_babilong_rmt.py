@@ -57,11 +57,12 @@ from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.runs import (RunArgs, bptt_depth_from_segments, bptt_segments_from_depth, build_backbone,
                                        eval_batches, exit_on_bad_input, exit_on_failure, help_field, load_config,
-                                       load_run_weights, make_trainer, parse_args, segment_checkpointing_option,
-                                       start_run, train_batches, write_run_config)
+                                       load_run_weights, make_trainer, memory_type_options, parse_args,
+                                       segment_checkpointing_option, start_run, train_batches, write_run_config)
 from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer, offline_model_path, small_gpt2_config
 from lm_experiments_tools.run_folder import prepare_run_folder
 from lm_experiments_tools.utils import CONFIG_FILE, get_cls_by_name, parse_positive_ints
+from modeling_rmt.decoder import memory_positions
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,9 @@ def check_checkpoint_config(args: BabilongArgs) -> None:
     current = dataclasses.asdict(args)
     for name, read in (("model_type", lambda values: values.get("model_type", args.model_type)),
                        ("num_mem_tokens", lambda values: values.get("num_mem_tokens", args.num_mem_tokens)),
+                       ("memory_type", lambda values: values.get("memory_type", "tokens")),
+                       ("d_mem", lambda values: values.get("d_mem", 64) if values.get("memory_type") == "associative"
+                        else None),
                        ("backbone", backbone_name)):
         if read(trained) != read(current):
             raise BadInputError(f"--model_cpt {args.model_cpt!r} was trained with {name}={read(trained)!r} but "
@@ -231,12 +235,14 @@ def build_model(args: BabilongArgs, tokenizer, n_labels: int):
     if args.model_type == "encoder":
         return model_cls(backbone, args.num_mem_tokens, tokenizer, args.input_size, args.max_n_segments,
                          bptt_depth=bptt_depth_from_segments(args.bptt_segments), sum_loss=args.sum_loss,
-                         segment_alignment=args.segment_alignment, **segment_checkpointing_option(args))
-    segment_size = args.input_size - 2 * args.num_mem_tokens
+                         segment_alignment=args.segment_alignment, **segment_checkpointing_option(args),
+                         **memory_type_options(args))
+    n_memory = memory_positions(args.num_mem_tokens, args.memory_type)
+    segment_size = args.input_size - n_memory
     if segment_size < 1:
-        raise BadInputError(f"--input_size {args.input_size} leaves no tokens after 2 * {args.num_mem_tokens} "
-                            "memory positions: expected input_size > 2 * num_mem_tokens")
-    cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens)
+        raise BadInputError(f"--input_size {args.input_size} leaves no tokens after {n_memory} memory positions "
+                            f"({args.memory_type}): expected input_size > {n_memory}")
+    cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens, **memory_type_options(args))
     return model_cls(cell, segment_size, args.max_n_segments, k2=args.bptt_segments,
                      segment_alignment=args.segment_alignment, **segment_checkpointing_option(args))
 
@@ -354,7 +360,8 @@ def evaluate(experiment: Experiment, stage: Stage, *, checkpoint: Path, results_
     started = time.perf_counter()
     metrics = trainer.validate(loader, split=f"valid_{stage.n_segments}seg", write_tb=False)
     record = {"task": args.task, "model": backbone_name(dataclasses.asdict(args)), "model_type": args.model_type,
-              "num_mem_tokens": args.num_mem_tokens, "segment_size": experiment.segment_size,
+              "num_mem_tokens": args.num_mem_tokens, "memory_type": args.memory_type,
+              "segment_size": experiment.segment_size,
               "n_segments": stage.n_segments, "input_seq_len": stage.input_seq_len,
               "trained_n_segments": trained_n_segments, "accuracy": metrics["exact_match"],
               "f1_micro": metrics.get("f1_micro"), "n_samples": int(metrics["n_samples"]),

@@ -21,7 +21,10 @@ DEFAULT_OUTPUT_NAME = "accuracy_vs_length.png"
 
 def _line_key(record: dict, by_stage: bool) -> tuple:
     stage = record.get("trained_n_segments") if by_stage else None
-    return record["task"], record.get("model", ""), stage
+    model = record.get("model", "")
+    if record.get("memory_type", "tokens") != "tokens":  # older records, written before memory types, have none
+        model = f"{model}, {record['memory_type']} memory".lstrip(", ")
+    return record["task"], model, stage
 
 
 def select_lines(records: list, by_stage: bool = False) -> dict:

@@ -38,6 +38,7 @@ from lm_experiments_tools.run_folder import exit_with_one_line, raise_on_parse_e
 from lm_experiments_tools.trainer import Trainer
 from lm_experiments_tools.trainer_args import TrainerArgs
 from lm_experiments_tools.utils import get_cls_by_name, get_optimizer, init_distributed, prepare_run
+from modeling_rmt.associative import MEMORY_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ class RunArgs:
     segment_checkpointing: bool = help_field(
         False, "Recompute each segment's activations in the backward pass: training memory of about one segment "
                "whatever the number of segments, the same gradients, one more forward pass per segment")
+    memory_type: str = help_field(
+        "tokens", f"Memory: {' or '.join(MEMORY_TYPES)} (tokens: the paper's memory tokens; associative: ARMT's "
+                  "key-value memory in every layer, written by num_mem_tokens write tokens)")
+    d_mem: int = help_field(64, "Associative memory: size of its keys and queries before DPFP (6 * d_mem features)")
 
     @property
     def bptt_segments(self) -> int:
@@ -95,6 +100,12 @@ def segment_checkpointing_option(args: RunArgs) -> dict:
     return {"segment_checkpointing": True} if args.segment_checkpointing else {}
 
 
+def memory_type_options(args: RunArgs) -> dict:
+    """Wrapper (encoder) or memory cell (decoder) keywords for --memory_type and --d_mem; empty for the memory
+    tokens, so custom classes need not know them."""
+    return {} if args.memory_type == "tokens" else {"memory_type": args.memory_type, "d_mem": args.d_mem}
+
+
 def bptt_depth_from_segments(bptt_segments: int) -> int:
     """Memory transitions gradients flow through when they flow through `bptt_segments` segments (-1: all)."""
     return FULL_BPTT if bptt_segments == FULL_BPTT else bptt_segments - 1
@@ -114,6 +125,13 @@ def check_args(args: RunArgs, trainer_args: TrainerArgs) -> None:
     if args.bptt_segments != FULL_BPTT and args.bptt_segments < 1:
         raise BadInputError(f"truncated BPTT over {args.bptt_segments} segments: expected --k2 >= 1 or "
                             "--bptt_depth >= 0 (or -1 for full BPTT)")
+    if args.memory_type not in MEMORY_TYPES:
+        raise BadInputError(f"--memory_type {args.memory_type!r}: expected one of {', '.join(MEMORY_TYPES)}")
+    if args.d_mem < 1:
+        raise BadInputError(f"--d_mem {args.d_mem}: expected a positive integer")
+    if args.memory_type == "associative" and getattr(args, "num_mem_tokens", 1) < 1:
+        raise BadInputError(f"--memory_type associative with --num_mem_tokens {args.num_mem_tokens}: expected at least "
+                            "one memory token to write the memory")
     if args.validate_only and not args.model_cpt:
         raise BadInputError("--validate_only needs --model_cpt: expected the run folder to evaluate")
     if trainer_args.save_best and trainer_args.model_path is None:
@@ -129,6 +147,8 @@ def parse_args(args_cls: type, argv=None) -> tuple:
     parser = raise_on_parse_errors(HfArgumentParser((TrainerArgs, args_cls)))
     trainer_args, args = parser.parse_args_into_dataclasses(args=argv)
     check_args(args, trainer_args)
+    if args.memory_type == "associative":  # with one segment or truncated BPTT, the writes get no gradient
+        trainer_args.ddp_find_unused_parameters = True
     return trainer_args, args
 
 

@@ -12,8 +12,10 @@ REPO_ROOT="$(realpath "$(dirname "${BASH_SOURCE[0]}")/../..")"
 NP=${NP:-1}                              # processes (GPUs) per machine
 MODEL_NAME=${MODEL_NAME-gpt2}            # --from_pretrained; empty: offline default backbone
 DATASET_PATH=${DATASET_PATH:-}           # load_from_disk folder; empty: offline default text
-INPUT_SIZE=${INPUT_SIZE:-1024}           # tokens per forward: segment + 2 * MEMORY_SIZE
+INPUT_SIZE=${INPUT_SIZE:-1024}           # tokens per forward: segment + 2 * MEMORY_SIZE (associative: + MEMORY_SIZE)
 MEMORY_SIZE=${MEMORY_SIZE:-2}            # memory tokens; 0 = no-memory baseline
+MEMORY_TYPE=${MEMORY_TYPE:-tokens}       # tokens (the paper's RMT) or associative (ARMT, docs/design.md)
+D_MEM=${D_MEM:-64}                       # associative memory: key size before DPFP
 MAX_N_SEGMENTS=${MAX_N_SEGMENTS:-2}      # blocks per sample (scored block + history)
 K2=${K2:--1}                             # truncated BPTT depth in segments; -1 = full
 ITERS=${ITERS:-10000}                    # optimizer steps (our choice; the paper does not state it for ArXiv)
@@ -32,7 +34,8 @@ MODEL_CPT=${MODEL_CPT:-}                 # run folder whose model_best.pth initi
 NUM_VALID_SAMPLES=${NUM_VALID_SAMPLES:-} # evenly spaced validation/test samples; empty: all
 PATIENCE=${PATIENCE:-15}                 # early stopping, in validations
 MODEL_TAG=${MODEL_NAME:-gpt2-small-scratch}
-SETTING=lm_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg${MAX_N_SEGMENTS}_k2${K2}_tbs${TBS}_lr${LR}
+MEMORY_TAG=""; [[ $MEMORY_TYPE == tokens ]] || MEMORY_TAG="${MEMORY_TYPE}${D_MEM}"  # e.g. mem2associative64
+SETTING=lm_in${INPUT_SIZE}_mem${MEMORY_SIZE}${MEMORY_TAG}_seg${MAX_N_SEGMENTS}_k2${K2}_tbs${TBS}_lr${LR}
 MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/arxiv/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 
 source "$REPO_ROOT/scripts/launch.sh"               # checks NNODES, NODE_RANK, MASTER_*, LAUNCHER; defines launch

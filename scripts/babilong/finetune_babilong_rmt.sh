@@ -19,6 +19,8 @@ MODEL_TYPE=${MODEL_TYPE:-encoder}             # encoder (classification, the pap
 NOISE_DATASET=${NOISE_DATASET:-tau/scrolls:quality}  # background text; 'default' is the offline one
 INPUT_SIZE=${INPUT_SIZE:-512}                 # ids per segment, memory and special tokens included
 MEMORY_SIZE=${MEMORY_SIZE:-10}                # memory tokens
+MEMORY_TYPE=${MEMORY_TYPE:-tokens}            # tokens (the paper's RMT) or associative (ARMT, docs/design.md)
+D_MEM=${D_MEM:-64}                            # associative memory: key size before DPFP
 MAX_N_SEGMENTS=${MAX_N_SEGMENTS:-1}
 SEGMENTS=${SEGMENTS:-$MAX_N_SEGMENTS}         # one count, or a curriculum such as "1 2 3 4 5 6 7"
 ITERS=${ITERS:-3000}                          # optimizer steps per stage
@@ -43,7 +45,8 @@ RUNS_DIR=${RUNS_DIR:-$REPO_ROOT/runs}
 MODEL_CPT=${MODEL_CPT:-}                      # run folder whose model_best.pth initialises the first stage
 MODEL_TAG=${MODEL_NAME:-minilm-offline}
 N_SEGMENTS='{n_segments}'                     # filled in by the run script for each curriculum stage
-SETTING=${MODEL_TYPE}_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg${N_SEGMENTS}_tbs${TBS}_lr${LR}
+MEMORY_TAG=""; [[ $MEMORY_TYPE == tokens ]] || MEMORY_TAG="${MEMORY_TYPE}${D_MEM}"  # e.g. mem10associative64
+SETTING=${MODEL_TYPE}_in${INPUT_SIZE}_mem${MEMORY_SIZE}${MEMORY_TAG}_seg${N_SEGMENTS}_tbs${TBS}_lr${LR}
 MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/$TASK/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 
 CURRICULUM=$(echo $SEGMENTS | tr ' ' ',')
