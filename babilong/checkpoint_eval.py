@@ -15,7 +15,8 @@ from lm_experiments_tools.utils import CONFIG_FILE
 
 # what a checkpoint was trained with and an evaluation must repeat
 TRAINED_ARGS = ("task", "noise_dataset", "model_type", "from_pretrained", "model_cfg", "tokenizer", "input_size",
-                "num_mem_tokens", "segment_alignment", "placement", "babi_path", "max_n_facts", "seed")
+                "num_mem_tokens", "memory_type", "d_mem", "segment_alignment", "placement", "babi_path",
+                "max_n_facts", "seed")
 
 
 def trained_argv(run_dir: Path) -> list:

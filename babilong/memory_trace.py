@@ -6,8 +6,9 @@
 
 Each RUN_DIR holds model_best.pth and config.json (a run of run_finetuning_babilong_rmt.py); its validation
 samples are built at --n_segments segments with the settings it was trained with, and go through the segments
-together. After every segment the memory state M_t (B, m, H) is read from the backbone's last hidden layer and
-two curves are kept:
+together. After every segment the memory state M_t is read: the backbone's last hidden layer at the memory
+positions (B, m, H) for memory tokens, every layer's associative memory A (B, L, H, F) for the associative memory
+(ARMT). Two curves are kept:
 - step change: ||M_t - M_{t-1}|| / ||M_t||, the mean over samples: how much one more segment of background moves
   the memory. A memory that reaches a fixed point of the background has a step change that stops shrinking
   at the level set by the background's own variation, and does not drift;
@@ -40,14 +41,22 @@ def written_memory(backbone_output, num_mem_tokens: int) -> torch.Tensor:
     return backbone_output.hidden_states[-1][:, 1:1 + num_mem_tokens].detach().float()
 
 
+def segment_memory(model, backbone_output) -> torch.Tensor:
+    """The memory state a segment of the encoder `model` wrote: (B, m, H) memory tokens, or the associative
+    memory's A (B, L, H, F) of every layer (read while the segment is in progress, from a hook on the backbone)."""
+    if model.associative is not None:
+        return model.associative.current.new_state()[0].detach()
+    return written_memory(backbone_output, model.num_mem_tokens)
+
+
 def step_change(previous: torch.Tensor, current: torch.Tensor) -> float:
-    """Mean over samples of ||current - previous|| / ||current||; previous, current: (B, m, H)."""
+    """Mean over samples of ||current - previous|| / ||current||; previous, current: (B, ...) memory states."""
     difference = (current - previous).flatten(1).norm(dim=1)  # (B,)
     return (difference / current.flatten(1).norm(dim=1).clamp(min=1e-12)).mean().item()
 
 
 def answer_separation(memory: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean distance between memory states (B, m, H) of samples with different labels (B,) over the mean distance
+    """Mean distance between memory states (B, ...) of samples with different labels (B,) over the mean distance
     between samples with the same label; nan when either kind of pair is missing."""
     distances = torch.cdist(memory.flatten(1)[None], memory.flatten(1)[None])[0]  # (B, B)
     same = labels[:, None] == labels[None, :]
@@ -62,17 +71,17 @@ class MemoryRecorder:
     """Forward hook on the backbone: after each segment, the curves from the memory it wrote.
 
     Args:
-        num_mem_tokens: memory positions follow [CLS] in every segment.
+        model: the encoder wrapper whose backbone the hook is on (`segment_memory` reads what it wrote).
         labels: (B,) answers of the samples in the batch (every sample is in every segment).
     """
 
-    def __init__(self, num_mem_tokens: int, labels: torch.Tensor):
-        self.num_mem_tokens, self.labels = num_mem_tokens, labels
+    def __init__(self, model, labels: torch.Tensor):
+        self.model, self.labels = model, labels
         self.previous = None
         self.curves = {"step_change": [], "answer_separation": []}
 
     def __call__(self, module, inputs, output):
-        memory = written_memory(output, self.num_mem_tokens)
+        memory = segment_memory(self.model, output)
         if self.previous is not None:
             self.curves["step_change"].append(step_change(self.previous, memory))
         else:
@@ -88,7 +97,7 @@ def trace_run(run_dir: Path, n_segments: int, n_samples: int) -> dict:
     model = experiment.model.eval()
     loader = experiment.valid_batches(stages[0])
     batch = next(iter(loader))
-    recorder = MemoryRecorder(experiment.args.num_mem_tokens, batch["labels"])
+    recorder = MemoryRecorder(model, batch["labels"])
     handle = model.model.register_forward_hook(recorder)
     try:
         with torch.no_grad():
@@ -96,7 +105,8 @@ def trace_run(run_dir: Path, n_segments: int, n_samples: int) -> dict:
     finally:
         handle.remove()
     accuracy = 100 * (output.logits.argmax(-1) == batch["labels"]).float().mean().item()
-    return {"run_dir": str(run_dir), "trained_n_segments": trained.get("max_n_segments"), "n_segments": n_segments,
+    return {"run_dir": str(run_dir), "memory_type": trained.get("memory_type", "tokens"),
+            "trained_n_segments": trained.get("max_n_segments"), "n_segments": n_segments,
             "n_samples": len(batch["labels"]), "accuracy": accuracy, **recorder.curves}
 
 

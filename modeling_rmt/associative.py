@@ -146,6 +146,12 @@ class AssociativeMemory(nn.Module):
         return (torch.zeros(batch_size, n_layers, self.hidden_size, self.n_features, device=device),
                 torch.zeros(batch_size, n_layers, self.n_features, device=device))
 
+    @property
+    def current(self):
+        """The SegmentState of the backbone pass in progress (None outside one): a forward hook on the backbone
+        reads the state that pass wrote with `current.new_state()`."""
+        return self._segment
+
     @contextlib.contextmanager
     def segment(self, state, write_positions=None):
         """Within this context every block of the backbone reads from `state`, and, with `write_positions` (a

@@ -127,7 +127,7 @@ def test_a_dataset_missing_a_field_is_refused(tmp_path):
 
 # ---- end to end on real (tiny, random) checkpoints -------------------------------------------------------------
 
-def train_tiny_run(tmp_path: Path, model_type: str) -> Path:
+def train_tiny_run(tmp_path: Path, model_type: str, memory_type: str = "tokens") -> Path:
     import run_finetuning_babilong_rmt as run_babilong
     babi = tmp_path / "babi"
     generate_babi.generate(str(babi), ["qa1"], 20, 10, seed=0)
@@ -138,13 +138,15 @@ def train_tiny_run(tmp_path: Path, model_type: str) -> Path:
                        "--model_cfg", str(config), "--input_size", "32", "--num_mem_tokens", "2",
                        "--max_n_segments", "4", "--num_valid_samples", "4", "--batch_size", "2", "--iters", "2",
                        "--lr", "1e-3", "--valid_interval", "2", "--save_best", "--optimize_metric", "exact_match",
-                       "--optimize_mode", "max", "--model_path", str(run_dir)])
+                       "--optimize_mode", "max", "--memory_type", memory_type, "--d_mem", "4",
+                       "--model_path", str(run_dir)])
     return run_dir
 
 
+@pytest.mark.parametrize("memory_type", ["tokens", "associative"])
 @pytest.mark.parametrize("model_type", ["encoder", "decoder"])
-def test_cli_evaluates_a_run_folder(tmp_path, model_type):
-    run_dir = train_tiny_run(tmp_path, model_type)
+def test_cli_evaluates_a_run_folder(tmp_path, model_type, memory_type):
+    run_dir = train_tiny_run(tmp_path, model_type, memory_type)
     dataset = make_dataset(tmp_path / "babilong", lengths=("0k", "4k"))
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "babilong.evaluate_official", "--model_cpt", str(run_dir),

@@ -1,0 +1,132 @@
+"""The associative memory through the entry points, launchers and run-folder commands, on tiny random backbones:
+training, records, --validate_only, --model_cpt, --resume, the memory trace, bad input."""
+import json
+import math
+
+import pytest
+import torch
+
+import run_finetuning_arxiv_rmt as run_arxiv
+import run_finetuning_babilong_rmt as run_babilong
+from babilong import memory_trace
+from babilong.results import RESULTS_FILE, read_results
+from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME, load_checkpoint
+from lm_experiments_tools.utils import CONFIG_FILE
+from test_arxiv_run import tiny_run_inputs
+from test_launchers import SCRIPTS, option_values, run_launcher, stubs  # noqa: F401 (stubs is a fixture)
+from test_run_babilong import TINY_BERT, TINY_GPT2, run_main, write_config
+
+INPUT_SIZE, NUM_MEM_TOKENS, D_MEM = 32, 2, 4
+ASSOCIATIVE = ["--memory_type", "associative", "--d_mem", str(D_MEM)]
+
+
+def babilong_args(model_cfg, *extra, iters=4):
+    return ["--model_cfg", model_cfg, "--input_size", str(INPUT_SIZE), "--num_mem_tokens", str(NUM_MEM_TOKENS),
+            "--num_valid_samples", "6", "--batch_size", "2", "--iters", str(iters), "--lr", "1e-3",
+            "--valid_interval", "2",
+            "--log_interval", "2", "--save_best", "--optimize_metric", "exact_match", "--optimize_mode", "max",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("configs")
+    return {"encoder": write_config(folder, TINY_BERT), "decoder": write_config(folder, TINY_GPT2)}
+
+
+@pytest.fixture(scope="module")
+def associative_curriculum(configs, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    run_babilong.main(babilong_args(configs["encoder"], *ASSOCIATIVE, "--curriculum", "1,2", "--eval_n_segments", "4",
+                                    "--model_path", str(runs / "seg{n_segments}")))
+    return runs
+
+
+def test_a_curriculum_trains_and_records_the_associative_memory(associative_curriculum):
+    folder = associative_curriculum / "seg2"
+    assert json.loads((folder / CONFIG_FILE).read_text())["args"]["memory_type"] == "associative"
+    weights = load_checkpoint(folder / BEST_CHECKPOINT_NAME)["model_state_dict"]
+    assert weights["associative.layers.1.query.weight"].shape == (D_MEM, TINY_BERT["hidden_size"])
+    records = read_results(folder / RESULTS_FILE)
+    assert [(r["n_segments"], r["memory_type"]) for r in records] == [(2, "associative"), (4, "associative")]
+    # the second stage started from the first one's associative weights and trained them further
+    first = load_checkpoint(associative_curriculum / "seg1" / BEST_CHECKPOINT_NAME)["model_state_dict"]
+    assert not torch.equal(first["associative.layers.0.value.weight"], weights["associative.layers.0.value.weight"])
+
+
+def test_validate_only_rebuilds_the_associative_memory(associative_curriculum, configs):
+    folder = associative_curriculum / "seg2"
+    before = read_results(folder / RESULTS_FILE)
+    run_babilong.main(babilong_args(configs["encoder"], *ASSOCIATIVE, "--validate_only", "--model_cpt", str(folder),
+                                    "--max_n_segments", "2", "--model_path", str(folder)))
+    after = read_results(folder / RESULTS_FILE)
+    assert len(after) == len(before) + 1 and after[-1]["accuracy"] == before[0]["accuracy"]
+
+
+def test_model_cpt_of_another_memory_type_is_refused(associative_curriculum, configs, tmp_path, capsys):
+    code, err = run_main(babilong_args(configs["encoder"], "--model_cpt", str(associative_curriculum / "seg1"),
+                                       "--model_path", str(tmp_path / "run")), capsys)
+    assert code == 2 and len(err) == 1 and "memory_type='associative'" in err[0] and "memory_type='tokens'" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_memory_trace_follows_the_associative_memory(associative_curriculum, tmp_path):
+    curves = tmp_path / "trace.json"
+    assert memory_trace.main([str(associative_curriculum / "seg2"), "--n_segments", "6", "--n_samples", "4",
+                              "-o", str(tmp_path / "trace.png"), "--json", str(curves)]) == 0
+    (trace,) = json.loads(curves.read_text())
+    assert trace["memory_type"] == "associative" and len(trace["step_change"]) == 6
+    # A starts at 0 and every segment adds to it: each step changes it by a finite, positive amount
+    assert math.isnan(trace["step_change"][0]) and all(0 < value < math.inf for value in trace["step_change"][1:])
+
+
+def test_resume_of_a_killed_associative_run_equals_the_run_uninterrupted(configs, tmp_path):
+    options = [*ASSOCIATIVE, "--max_n_segments", "2", "--save_interval", "2", "--model_path", str(tmp_path / "run")]
+    run_babilong.main(babilong_args(configs["encoder"], *options))
+    uninterrupted = load_checkpoint(tmp_path / "run" / "model_4.pth")["model_state_dict"]
+    # what a run killed at step 3 leaves: the step-2 checkpoint, no later one, no evaluation record
+    for name in ("model_4.pth", RESULTS_FILE):
+        (tmp_path / "run" / name).unlink()
+    run_babilong.main(babilong_args(configs["encoder"], *options, "--resume"))
+    resumed = load_checkpoint(tmp_path / "run" / "model_4.pth")["model_state_dict"]
+    assert any(name.startswith("associative.") for name in resumed)
+    for name, value in uninterrupted.items():
+        assert torch.equal(resumed[name], value), name
+
+
+def test_a_decoder_run_trains_with_write_only_memory_positions(configs, tmp_path):
+    folder = tmp_path / "run"
+    run_babilong.main(babilong_args(configs["decoder"], "--model_type", "decoder", *ASSOCIATIVE,
+                                    "--max_n_segments", "2", "--model_path", str(folder)))
+    (record,) = read_results(folder / RESULTS_FILE)
+    assert record["memory_type"] == "associative" and record["segment_size"] == INPUT_SIZE - NUM_MEM_TOKENS
+
+
+def test_an_arxiv_run_trains_the_associative_memory(tmp_path):
+    results = run_arxiv.main([*tiny_run_inputs(tmp_path), *ASSOCIATIVE, "--iters", "2", "--lr", "3e-3",
+                              "--valid_interval", "2", "--save_best", "--model_path", str(tmp_path / "run")])
+    assert math.isfinite(results["validation"]["last_block_loss"])
+    weights = load_checkpoint(tmp_path / "run" / BEST_CHECKPOINT_NAME)["model_state_dict"]
+    assert "memory_cell.associative.layers.0.beta.bias" in weights
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--memory_type", "assoc"], "--memory_type 'assoc': expected one of tokens, associative"),
+    (["--memory_type", "associative", "--d_mem", "0"], "--d_mem 0: expected a positive integer"),
+    (["--memory_type", "associative", "--num_mem_tokens", "0"], "--num_mem_tokens 0: expected at least one"),
+])
+def test_bad_memory_options_exit_2_before_anything_is_written(extra, message, configs, tmp_path, capsys):
+    code, err = run_main(babilong_args(configs["encoder"], *extra, "--model_path", str(tmp_path / "run")), capsys)
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("launcher", ["babilong/finetune_babilong_rmt.sh", "arxiv/finetune_arxiv_rmt.sh"])
+def test_launchers_pass_the_memory_type(launcher, stubs, tmp_path):  # noqa: F811
+    finished, calls = run_launcher(SCRIPTS / launcher, stubs, {"MEMORY_TYPE": "associative", "D_MEM": "16"}, tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    options = option_values(calls[-1])
+    assert options["--memory_type"] == "associative" and options["--d_mem"] == "16"
+    assert "associative16" in options["--model_path"]
+    finished, calls = run_launcher(SCRIPTS / launcher, stubs, {}, tmp_path)
+    assert "--memory_type" not in option_values(calls[-1])  # the paper's memory tokens by default
