@@ -18,6 +18,8 @@ MODEL_TYPE=${MODEL_TYPE:-encoder}
 NOISE_DATASET=${NOISE_DATASET:-tau/scrolls:quality}
 INPUT_SIZE=${INPUT_SIZE:-512}
 MEMORY_SIZE=${MEMORY_SIZE:-10}
+MEMORY_TYPE=${MEMORY_TYPE:-tokens}            # tokens or associative, as trained
+D_MEM=${D_MEM:-64}                            # associative memory: as trained
 SEGMENTS=${SEGMENTS:-16 32 64 128 256 512 1024 2048 4096}
 BS=${BS:-8}                                   # samples per forward pass per process (evaluated together)
 NUM_VALID_SAMPLES=${NUM_VALID_SAMPLES:-100}
@@ -28,6 +30,7 @@ SEED=${SEED:-42}
 [[ $BS =~ ^[1-9][0-9]*$ ]] || { echo "error: BS=$BS: expected a positive integer" >&2; exit 2; }
 
 source "$REPO_ROOT/scripts/launch.sh"               # checks NNODES, NODE_RANK, MASTER_*, LAUNCHER; defines launch
+if [[ $MEMORY_TYPE != tokens ]]; then set -- "$@" --memory_type "$MEMORY_TYPE" --d_mem "$D_MEM"; fi
 launch "$REPO_ROOT/run_finetuning_babilong_rmt.py" --validate_only \
     --task "$TASK" ${BABI_PATH:+--babi_path "$BABI_PATH"} --noise_dataset "$NOISE_DATASET" \
     --model_type "$MODEL_TYPE" ${MODEL_NAME:+--from_pretrained "$MODEL_NAME"} --model_cpt "$MODEL_CPT" \

@@ -50,6 +50,8 @@ LONG_SEGMENTS=${LONG_SEGMENTS:-4 8 16 32}       # 32 = 16x the longest trained l
 LONG_VALID_SAMPLES=${LONG_VALID_SAMPLES:-100}   # fewer at the long lengths: time grows with the length
 INPUT_SIZE=${INPUT_SIZE:-96}
 MEMORY_SIZE=${MEMORY_SIZE:-4}
+MEMORY_TYPE=${MEMORY_TYPE:-tokens}              # tokens (RMT) or associative (ARMT)
+D_MEM=${D_MEM:-64}                              # associative memory: key size before DPFP
 TBS=${TBS:-16}
 BS=${BS:-16}
 BF16=${BF16:-auto}                              # 1: train under bf16 autocast; auto: when the CPU has native bf16
@@ -60,10 +62,11 @@ case $BF16 in  # with native bf16 (AVX-512 BF16, AMX) a step is 1.5x faster; wit
 esac
 PRECISION=()
 if (( BF16 )); then PRECISION=(--bf16); fi
-export MODEL_NAME="" NOISE_DATASET=default BABI_PATH MEMORY_SIZE TBS BS LR RUNS_DIR
+export MODEL_NAME="" NOISE_DATASET=default BABI_PATH MEMORY_SIZE MEMORY_TYPE D_MEM TBS BS LR RUNS_DIR
+MEMORY_TAG=""; [[ $MEMORY_TYPE == tokens ]] || MEMORY_TAG="${MEMORY_TYPE}${D_MEM}"  # as finetune_babilong_rmt.sh
 
 run_dir() {  # the run folder finetune_babilong_rmt.sh writes for task $1, input size $2, segment count $3
-    echo "$RUNS_DIR/$1/minilm-offline/encoder_in$2_mem${MEMORY_SIZE}_seg$3_tbs${TBS}_lr${LR}/run_1"
+    echo "$RUNS_DIR/$1/minilm-offline/encoder_in$2_mem${MEMORY_SIZE}${MEMORY_TAG}_seg$3_tbs${TBS}_lr${LR}/run_1"
 }
 
 python -m babilong.generate_babi --out "$BABI_PATH" --tasks "$(echo $TASKS | tr ' ' ',')" \
