@@ -45,7 +45,8 @@ def segment_memory(model, backbone_output) -> torch.Tensor:
     """The memory state a segment of the encoder `model` wrote: (B, m, H) memory tokens, or the associative
     memory's A (B, L, H, F) of every layer (read while the segment is in progress, from a hook on the backbone)."""
     if model.associative is not None:
-        return model.associative.current.new_state()[0].detach()
+        state = model.associative.current.new_state()  # (A_1..A_L, z_1..z_L)
+        return torch.stack(state[:len(state) // 2], dim=1).detach()
     return written_memory(backbone_output, model.num_mem_tokens)
 
 

@@ -106,19 +106,21 @@ class LayerMemory(nn.Module):
 
 
 class SegmentState:
-    """The state a segment reads (A: (B, L, H, F), z: (B, L, F)) and what each layer writes during its pass."""
+    """The state a segment reads, (A_1..A_L, z_1..z_L) with A_l: (B, H, F) and z_l: (B, F), and what each layer
+    writes during its pass."""
 
     def __init__(self, state, write_positions):
-        self.A, self.z = state
+        n_layers = len(state) // 2
+        self.A, self.z = state[:n_layers], state[n_layers:]
         self.write_positions = write_positions
-        self.written = [None] * self.A.shape[1]
+        self.written = [None] * n_layers
 
     def new_state(self):
-        """(A, z) after the segment's writes, stacked over layers."""
+        """(A_1..A_L, z_1..z_L) after the segment's writes."""
         if any(layer is None for layer in self.written):
             raise RuntimeError("the backbone's forward pass did not run every layer: the associative memory "
                                "expects each block to run once per segment")
-        return torch.stack([A for A, _ in self.written], dim=1), torch.stack([z for _, z in self.written], dim=1)
+        return tuple(A for A, _ in self.written) + tuple(z for _, z in self.written)
 
 
 class AssociativeMemory(nn.Module):
@@ -141,10 +143,11 @@ class AssociativeMemory(nn.Module):
             layer.register_forward_hook(functools.partial(self._write, index))
 
     def initial_state(self, batch_size, device):
-        """(A, z): (B, L, H, F) and (B, L, F) zeros, float32 whatever the precision of the backbone."""
-        n_layers = len(self.layers)
-        return (torch.zeros(batch_size, n_layers, self.hidden_size, self.n_features, device=device),
-                torch.zeros(batch_size, n_layers, self.n_features, device=device))
+        """(A_1..A_L, z_1..z_L): (B, H, F) and (B, F) zeros, float32 whatever the precision of the backbone; kept
+        per layer (no stacking copy per segment), each a broadcast view of one zero row (no memory per sample)."""
+        A = torch.zeros(1, self.hidden_size, self.n_features, device=device).expand(batch_size, -1, -1)
+        z = torch.zeros(1, self.n_features, device=device).expand(batch_size, -1)
+        return (A,) * len(self.layers) + (z,) * len(self.layers)
 
     @property
     def current(self):
@@ -175,7 +178,7 @@ class AssociativeMemory(nn.Module):
             return None
         hidden = args[0] if args else kwargs["hidden_states"]  # (B, T, H)
         with torch.autocast(hidden.device.type, enabled=False):  # the state accumulates in float32
-            read = self.layers[index].read(hidden, segment.A[:, index], segment.z[:, index])
+            read = self.layers[index].read(hidden, segment.A[index], segment.z[index])
         hidden = hidden + read.to(hidden.dtype)
         if args:
             return (hidden, *args[1:]), kwargs
@@ -189,4 +192,4 @@ class AssociativeMemory(nn.Module):
         hidden = output[0] if isinstance(output, tuple) else output  # (B, T, H)
         with torch.autocast(hidden.device.type, enabled=False):
             segment.written[index] = self.layers[index].write(hidden[:, segment.write_positions],
-                                                              segment.A[:, index], segment.z[:, index])
+                                                              segment.A[index], segment.z[index])

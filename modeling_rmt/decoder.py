@@ -118,7 +118,8 @@ class MemoryCell(nn.Module):
         inputs_embeds = torch.cat([memory, embeds, memory], dim=1)  # (B, m + T + m, H)
         output = self.model(**self._model_inputs(inputs_embeds, attention_mask, n_tokens, write=True),
                             use_cache=False, output_hidden_states=True, **model_kwargs)
-        new_memory = output.hidden_states[-1][:, self.num_mem_tokens + n_tokens:]  # (B, m, H)
+        # (B, m, H), a copy: a view would keep the segment's whole last hidden state alive with the memory
+        new_memory = output.hidden_states[-1][:, self.num_mem_tokens + n_tokens:].clone()
         output.logits = output.logits[:, self.num_mem_tokens:self.num_mem_tokens + n_tokens]
         return output, new_memory
 

@@ -20,10 +20,11 @@ from modeling_rmt.segments import (
     check_per_segment_outputs,
     check_segment_checkpointing,
     input_embeddings,
-    map_state,
     memory_for_segment,
+    put_rows,
     resolve_alignment,
     segment_boundaries,
+    take_rows,
 )
 
 # tokens the wrapper drops from the input: it lays every segment out with its own special tokens
@@ -171,10 +172,10 @@ class RMTEncoderForSequenceClassification(nn.Module):
             # the last segment is not checkpointed: its backward pass comes right after
             checkpointed = self.segment_checkpointing and slot < n_slots - 1
             output, new_memory = call_segment(self._segment_step, segment_ids, segment_mask,
-                                              map_state(lambda state: state[active], memory),
+                                              take_rows(memory, active, len(input_ids)),
                                               None if labels is None else labels[active], output_attentions,
                                               checkpointed=checkpointed)
-            memory = map_state(lambda state, new: state.index_put((active,), new.to(state.dtype)), memory, new_memory)
+            memory = put_rows(memory, active, new_memory)
             per_segment.update(self._segment_record(output, slot, output_attentions, output_hidden_states))
             if output.loss is not None:
                 # with no graph to keep, a float: one small tensor kept per segment fragments the CPU heap
@@ -235,7 +236,8 @@ class RMTEncoderForSequenceClassification(nn.Module):
         embeds = torch.cat([embeds[:, :1], memory.to(embeds.dtype), embeds[:, 1 + self.num_mem_tokens:]], dim=1)
         output = self.model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                             output_hidden_states=True, output_attentions=bool(output_attentions))
-        return output, output.hidden_states[-1][:, 1:1 + self.num_mem_tokens]
+        # a copy: a view would keep the segment's whole last hidden state alive for as long as the memory lives
+        return output, output.hidden_states[-1][:, 1:1 + self.num_mem_tokens].clone()
 
     def _combine_losses(self, segment_losses, device):
         """(loss, (K,) loss of each slot) from the segment losses (tensors or floats); (None, []) without any."""

@@ -119,9 +119,32 @@ def map_state(fn, *states):
 
 def where_started(started, state, initial_state):
     """Each sample's `state` where `started` (B,) is True, else its `initial_state`."""
+    if bool(started.all()):  # the usual case; an associative state is large enough for a copy to matter
+        return state
+    if not bool(started.any()):
+        return initial_state
+
     def pick(current, initial):
         return torch.where(started.view(-1, *[1] * (current.dim() - 1)), current, initial)
     return map_state(pick, state, initial_state)
+
+
+def take_rows(state, rows, n_rows):
+    """The memory `state` of samples `rows` (b,) of a batch of `n_rows`; the state itself when all are taken."""
+    return state if len(rows) == n_rows else map_state(lambda tensor: tensor[rows], state)
+
+
+def put_rows(state, rows, new_state):
+    """`state` with the rows `rows` replaced by `new_state` (cast to the state's dtype); `new_state` when it holds
+    every row."""
+    if len(rows) == state_batch_size(state):
+        return map_state(lambda current, new: new.to(current.dtype), state, new_state)
+    return map_state(lambda current, new: current.index_put((rows,), new.to(current.dtype)), state, new_state)
+
+
+def state_batch_size(state):
+    """Batch size of a memory state (a tensor or a tuple of tensors, batch first)."""
+    return (state if torch.is_tensor(state) else state[0]).shape[0]
 
 
 def memory_for_segment(memory, initial_memory, started, segment_index, n_segments, bptt_transitions):

@@ -209,7 +209,7 @@ def test_the_state_does_not_grow_with_the_number_of_segments(build):
     wrapper(input_ids=random_ids((2, 8 * segment), seed=6))
     assert len(shapes) == 8 and all(s == shapes[0] for s in shapes)
     n_layers, hidden, n_features = 2, 32, 6 * 4
-    assert shapes[0] == [(2, n_layers, hidden, n_features), (2, n_layers, n_features)]
+    assert shapes[0] == [(2, hidden, n_features)] * n_layers + [(2, n_features)] * n_layers
 
 
 def value_gradient(wrapper, batch):
