@@ -45,8 +45,8 @@ RUNS_DIR=${RUNS_DIR:-$REPO_ROOT/runs}
 MODEL_CPT=${MODEL_CPT:-}                      # run folder whose model_best.pth initialises the first stage
 MODEL_TAG=${MODEL_NAME:-minilm-offline}
 N_SEGMENTS='{n_segments}'                     # filled in by the run script for each curriculum stage
-MEMORY_TAG=""; [[ $MEMORY_TYPE == tokens ]] || MEMORY_TAG="${MEMORY_TYPE}${D_MEM}"  # e.g. mem10associative64
-SETTING=${MODEL_TYPE}_in${INPUT_SIZE}_mem${MEMORY_SIZE}${MEMORY_TAG}_seg${N_SEGMENTS}_tbs${TBS}_lr${LR}
+source "$REPO_ROOT/scripts/babilong/run_dirs.sh"  # run_setting: the folder names, in one place
+SETTING=$(run_setting "$MODEL_TYPE" "$INPUT_SIZE" "$N_SEGMENTS" "$LR")
 MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/$TASK/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 
 CURRICULUM=$(echo $SEGMENTS | tr ' ' ',')

@@ -48,6 +48,7 @@ NUM_VALID_SAMPLES=${NUM_VALID_SAMPLES:-128}     # test questions per validation 
 EVAL_NUM_VALID_SAMPLES=${EVAL_NUM_VALID_SAMPLES:-250}  # the final evaluation at the trained lengths
 LONG_SEGMENTS=${LONG_SEGMENTS:-4 8 16 32}       # 32 = 16x the longest trained length
 LONG_VALID_SAMPLES=${LONG_VALID_SAMPLES:-100}   # fewer at the long lengths: time grows with the length
+FACT_SPLIT_SAMPLES=${FACT_SPLIT_SAMPLES:-}      # test questions split by where the answer lies; empty: no split
 INPUT_SIZE=${INPUT_SIZE:-96}
 MEMORY_SIZE=${MEMORY_SIZE:-4}
 MEMORY_TYPE=${MEMORY_TYPE:-tokens}              # tokens (RMT) or associative (ARMT)
@@ -63,10 +64,10 @@ esac
 PRECISION=()
 if (( BF16 )); then PRECISION=(--bf16); fi
 export MODEL_NAME="" NOISE_DATASET=default BABI_PATH MEMORY_SIZE MEMORY_TYPE D_MEM TBS BS LR RUNS_DIR
-MEMORY_TAG=""; [[ $MEMORY_TYPE == tokens ]] || MEMORY_TAG="${MEMORY_TYPE}${D_MEM}"  # as finetune_babilong_rmt.sh
+source "$SCRIPT_DIR/run_dirs.sh"
 
 run_dir() {  # the run folder finetune_babilong_rmt.sh writes for task $1, input size $2, segment count $3
-    echo "$RUNS_DIR/$1/minilm-offline/encoder_in$2_mem${MEMORY_SIZE}${MEMORY_TAG}_seg$3_tbs${TBS}_lr${LR}/run_1"
+    offline_run_dir "$1" "$2" "$3" "$LR"
 }
 
 python -m babilong.generate_babi --out "$BABI_PATH" --tasks "$(echo $TASKS | tr ' ' ',')" \
@@ -86,8 +87,14 @@ for TASK in $TASKS; do
         "$SCRIPT_DIR/finetune_babilong_rmt.sh" "${PRECISION[@]}" "$@"
     LAST_RUN=$(run_dir "$TASK" "$INPUT_SIZE" "${SEGMENTS##* }")
     MODEL_CPT="$LAST_RUN" INPUT_SIZE="$INPUT_SIZE" SEGMENTS="$SEGMENTS" NUM_VALID_SAMPLES="$EVAL_NUM_VALID_SAMPLES" \
-        "$SCRIPT_DIR/eval_babilong_rmt_from_cpt.sh"
+        "$SCRIPT_DIR/eval_babilong_rmt_from_cpt.sh" "$@"
     MODEL_CPT="$LAST_RUN" INPUT_SIZE="$INPUT_SIZE" SEGMENTS="$LONG_SEGMENTS" NUM_VALID_SAMPLES="$LONG_VALID_SAMPLES" \
-        "$SCRIPT_DIR/eval_babilong_rmt_from_cpt.sh"
+        "$SCRIPT_DIR/eval_babilong_rmt_from_cpt.sh" "$@"
+    if [[ -n $FACT_SPLIT_SAMPLES ]]; then
+        # the split rebuilds the run's experiment through the entry script, which is not an installed module
+        PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+            python "$REPO_ROOT/benchmarks/accuracy_by_fact_segment.py" "$LAST_RUN" --n_segments "${SEGMENTS##* }" \
+            --n_samples "$FACT_SPLIT_SAMPLES" > "$LAST_RUN/fact_split.json"
+    fi
 done
 python -m babilong.plot "$RUNS_DIR" -o "$RUNS_DIR/accuracy_vs_length.png"

@@ -37,8 +37,10 @@ SEED=${SEED:-42}
 export MODEL_NAME="" NOISE_DATASET=default INPUT_SIZE=${INPUT_SIZE:-64} MEMORY_SIZE=${MEMORY_SIZE:-4} \
     TBS=${TBS:-16} BS=${BS:-16} SEED RUNS_DIR TASK
 
+source "$SCRIPT_DIR/run_dirs.sh"
+
 run_dir() {  # the run folder finetune_babilong_rmt.sh writes for segment count $1 and learning rate $2
-    echo "$RUNS_DIR/$TASK/minilm-offline/encoder_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg$1_tbs${TBS}_lr$2/run_1"
+    offline_run_dir "$TASK" "$INPUT_SIZE" "$1" "$2"
 }
 
 SEGMENTS="$SEGMENTS" ITERS="$ITERS" LR="$LR" WARMUP=${WARMUP:-$VALID_INTERVAL} VALID_INTERVAL="$VALID_INTERVAL" \

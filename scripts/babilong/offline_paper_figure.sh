@@ -29,9 +29,11 @@ INPUT_SIZE=${INPUT_SIZE:-64}
 MEMORY_SIZE=${MEMORY_SIZE:-4}
 TBS=${TBS:-16}
 
+source "$SCRIPT_DIR/run_dirs.sh"
+
 memorize_run() {  # memorize's last stage (the main job's long stage), when it has been trained
-    local run="$RUNS_DIR/memorize/minilm-offline/encoder_in${INPUT_SIZE}_mem${MEMORY_SIZE}_seg${LONG_SEGMENTS}"
-    run+="_tbs${TBS}_lr${LONG_LR:-5e-5}/run_1"
+    local run
+    run=$(offline_run_dir memorize "$INPUT_SIZE" "$LONG_SEGMENTS" "${LONG_LR:-5e-5}")
     if [[ -f $run/model_best.pth ]]; then echo "$run"; fi
 }
 
@@ -50,8 +52,8 @@ for task in $TASKS; do
                 NOISE_DATASET=default INPUT_SIZE="$INPUT_SIZE" MEMORY_SIZE="$MEMORY_SIZE" TBS="$TBS" BS="$TBS" \
                 SEGMENTS=1 ITERS="$WARMUP_ITERS" LR=1e-4 WARMUP=10 VALID_INTERVAL=25 PATIENCE=20 \
                 STOP_AT="$WARMUP_STOP_AT" NUM_VALID_SAMPLES=128 "$SCRIPT_DIR/finetune_babilong_rmt.sh" "$@"
-            recipe="MODEL_CPT=$warmup_runs/reasoning_plain/minilm-offline/encoder_in${INPUT_SIZE}_mem${MEMORY_SIZE}"
-            recipe+="_seg1_tbs${TBS}_lr1e-4/run_1 $REASONING_RECIPE" ;;
+            recipe="MODEL_CPT=$(RUNS_DIR="$warmup_runs" offline_run_dir reasoning_plain "$INPUT_SIZE" 1 1e-4)"
+            recipe+=" $REASONING_RECIPE" ;;
     esac
     env $recipe TASK="$task" RUNS_DIR="$RUNS_DIR" INPUT_SIZE="$INPUT_SIZE" MEMORY_SIZE="$MEMORY_SIZE" TBS="$TBS" \
         LONG_SEGMENTS="$long_segments" "$SCRIPT_DIR/offline_main_job.sh" "$@"
