@@ -6,8 +6,9 @@
 - checkpointing: side by side, full BPTT vs `segment_checkpointing=True`, peak RSS and time per segment of one
   training step at 1 ... 32 segments, for the encoder and for a GPT-2-small-size decoder; one subprocess per
   setting and repeat, repeats interleaved (full, checkpointed, full, ...), median times. The checkpointed workers
-  run under the allocator the launchers use with segment checkpointing (tcmalloc, `--malloc_preload`; README,
-  "Memory-bounded BPTT"), the full-BPTT workers under glibc's default malloc.
+  run under the allocator the launchers use with segment checkpointing (tcmalloc, `--malloc_preload`;
+  docs/performance.md, "Memory-bounded BPTT (segment checkpointing)"), the full-BPTT workers under glibc's default
+  malloc.
 
 The encoder backbone is the offline MiniLM config (6 layers, hidden 384), the decoder a GPT-2 small config (12
 layers, hidden 768, vocabulary 50257), both with random weights: speed and memory do not depend on the weights.

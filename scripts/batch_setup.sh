@@ -28,8 +28,9 @@ if (( ${SEGMENT_CHECKPOINTING:-0} )); then set -- "$@" --segment_checkpointing; 
 if [[ ${MEMORY_TYPE:-tokens} != tokens ]]; then set -- "$@" --memory_type "$MEMORY_TYPE" --d_mem "${D_MEM:-64}"; fi
 # With segment checkpointing, glibc's malloc fragments its heap (each segment's activations are recomputed and freed
 # around small long-lived blocks), so that peak CPU memory grows with the number of segments; tcmalloc keeps it flat
-# and was faster than glibc's malloc here (README, "Memory-bounded BPTT"). MALLOC_PRELOAD (its default is set at the
-# top of the launcher that sources this file): the allocator preloaded then; empty: glibc's.
+# and was faster than glibc's malloc here (docs/performance.md, "Memory-bounded BPTT (segment checkpointing)").
+# MALLOC_PRELOAD (its default is set at the top of the launcher that sources this file): the allocator preloaded
+# then; empty: glibc's.
 if (( ${SEGMENT_CHECKPOINTING:-0} )) && [[ -n ${MALLOC_PRELOAD:-} ]]; then
     if [[ -z $(LD_PRELOAD=$MALLOC_PRELOAD env true 2>&1) ]]; then  # the loader complains of a library it cannot load
         export LD_PRELOAD="$MALLOC_PRELOAD${LD_PRELOAD:+:$LD_PRELOAD}"

@@ -3,7 +3,7 @@
 # `accelerate launch` (LAUNCHER=accelerate). Both set the environment the Trainer reads (RANK, WORLD_SIZE,
 # LOCAL_RANK, MASTER_ADDR, MASTER_PORT), so the Python side is the same either way. Several machines: run the same
 # launcher on each, with the same NNODES, MASTER_ADDR (the address of the NODE_RANK=0 machine) and MASTER_PORT, and
-# NODE_RANK 0 .. NNODES-1 (scripts/slurm/ does this under Slurm; README "Several machines").
+# NODE_RANK 0 .. NNODES-1 (scripts/slurm/ does this under Slurm; docs/several_machines.md).
 # Under accelerate, NP, NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT override what ACCELERATE_CONFIG says, and the
 # precision is the entry point's own (--fp16 / --bf16; accelerate's mixed_precision is set to 'no'). A config that
 # asks for DeepSpeed, FSDP, Megatron-LM or TPUs is refused: the Trainer runs torch DDP.

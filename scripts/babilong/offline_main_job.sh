@@ -9,8 +9,9 @@
 #      point, so accuracy holds far past the trained length (babilong/RESULTS.md has the experiments).
 #   3. The long stage's best checkpoint is evaluated on EVAL_NUM_VALID_SAMPLES samples at every trained length
 #      and at 16x the longest (96 segments, 5,472 tokens), and the accuracy-vs-length plot is written.
-# 100k and 1M-token evaluations are a separate command (README, "The main job"). Run folders, tensorboard events,
-# best checkpoints and results.jsonl files go under RUNS_DIR. Every variable can be overridden from the environment.
+# 100k and 1M-token evaluations are a separate command (docs/results.md, "The main job (offline default)"). Run
+# folders, tensorboard events, best checkpoints and results.jsonl files go under RUNS_DIR. Every variable can be
+# overridden from the environment.
 set -euo pipefail
 SCRIPT_DIR="$(realpath "$(dirname "${BASH_SOURCE[0]}")")"
 REPO_ROOT="$(realpath "$SCRIPT_DIR/../..")"
