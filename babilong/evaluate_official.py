@@ -30,7 +30,7 @@ import csv
 import json
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +39,7 @@ import torch
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer
-from lm_experiments_tools.runs import LOG_FORMAT, exit_on_bad_input, load_run_weights
+from lm_experiments_tools.runs import LOG_FORMAT, exit_on_bad_input, load_run_weights, registered_class
 from lm_experiments_tools.utils import CONFIG_FILE
 
 from .dataset import GEN_TEXT, pad_sequences
@@ -61,6 +61,12 @@ TASK_LABELS = {
     "qa10": ("maybe", "no", "yes"),
 }
 LEADERBOARD_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
+# what a run folder's config.json may give the model builder: the architecture and the task's answer labels. Nothing
+# else is read from it, and its class names must be registered (lm_experiments_tools.runs.registered_class).
+ARCHITECTURE_ARGS = ("task", "babi_path", "max_n_facts", "model_type", "from_pretrained", "model_cfg", "tokenizer",
+                     "model_cls", "backbone_cls", "memory_cell_cls", "input_size", "num_mem_tokens", "max_n_segments",
+                     "bptt_depth", "sum_loss", "segment_alignment")
+CLASS_ARGS = ("model_cls", "backbone_cls", "memory_cell_cls")
 FIELDS = ("input", "question", "target")
 OUTPUT_CUTS = ("<context>", "<example>")
 CSV_COLUMNS = ("target", "output", "question")
@@ -227,7 +233,8 @@ def evaluate(dataset: str, splits: dict, predictor: Predictor, out_dir, max_samp
 def load_run(run_dir: str):
     """(run arguments, tokenizer, model with model_best.pth loaded, answer labels) of a BABILong run folder.
 
-    The model is built as the entry script builds it, from the arguments saved in the run's config.json.
+    The model is built as the entry script builds it, from the architecture arguments (ARCHITECTURE_ARGS) saved in
+    the run's config.json; the classes it names must be registered, so that a downloaded folder cannot run code.
     """
     import run_finetuning_babilong_rmt as babilong_run  # the BABILong options and model building
     config_file = Path(run_dir) / CONFIG_FILE
@@ -235,8 +242,10 @@ def load_run(run_dir: str):
         raise BadInputError(f"--model_cpt {run_dir!r}: expected a run folder with {CONFIG_FILE} and "
                             f"{BEST_CHECKPOINT_NAME} (written by run_finetuning_babilong_rmt.py --save_best)")
     saved = json.loads(config_file.read_text()).get("args", {})
-    names = {f.name for f in fields(babilong_run.BabilongArgs)}
-    args = babilong_run.BabilongArgs(**{k: v for k, v in saved.items() if k in names})
+    args = babilong_run.BabilongArgs(**{name: saved[name] for name in ARCHITECTURE_ARGS if name in saved})
+    for name in CLASS_ARGS:
+        if getattr(args, name) is not None:
+            registered_class(getattr(args, name), f"{config_file} {name}")
     tokenizer = load_tokenizer(args.tokenizer or args.from_pretrained)  # as the entry script loads it
     labels = get_task(args.task, args.babi_path, args.max_n_facts).labels
     model = babilong_run.build_model(args, tokenizer, len(labels))

@@ -22,6 +22,7 @@ last that many segments, `FULL_BPTT` for all); the user-facing flags keep their 
 `--bptt_depth` counts memory transitions, one fewer) and are converted once, by `bptt_segments_from_depth`.
 """
 import dataclasses
+import importlib
 import json
 import logging
 import math
@@ -184,6 +185,39 @@ def check_config_fits(config, tokenizer, input_size: int) -> None:
     if config.vocab_size < len(tokenizer):
         raise BadInputError(f"backbone vocab_size={config.vocab_size} is smaller than the tokenizer's "
                             f"{len(tokenizer)} tokens: expected a config that covers the tokenizer")
+
+
+REGISTERED_MODULES = ("modeling_rmt",)  # the project's own wrappers: a name in the package's __all__
+
+
+def registered_class(name: str, source: str):
+    """The class `name` ('module:Class') from the project's registry: a modeling_rmt wrapper (modeling_rmt.__all__)
+    or a transformers model class (an Auto* class or a PreTrainedModel subclass exported by transformers).
+
+    For names read from a file (a run folder's config.json): a file must never choose code to import, so any other
+    name is refused before its module is imported.
+
+    Args:
+        name: 'module:Class'.
+        source: what the name came from, named in the error (e.g. "run/config.json model_cls").
+
+    Raises:
+        BadInputError: the name is not in the registry.
+    """
+    module_name, _, attr = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if attr.isidentifier() and not attr.startswith("_"):
+        if module_name in REGISTERED_MODULES:
+            module = importlib.import_module(module_name)
+            if attr in getattr(module, "__all__", ()):
+                return getattr(module, attr)
+        if module_name == "transformers":
+            import transformers
+            from transformers.models.auto.auto_factory import _BaseAutoModelClass
+            cls = getattr(transformers, attr, None)
+            if isinstance(cls, type) and issubclass(cls, (transformers.PreTrainedModel, _BaseAutoModelClass)):
+                return cls
+    raise BadInputError(f"{source} {name!r} is not a registered class: expected a modeling_rmt wrapper or a "
+                        "transformers model class as module:Class (a file never chooses code to import)")
 
 
 def build_backbone(backbone_cls: str, tokenizer, *, input_size: int, pretrained=None, config=None, **overrides):
