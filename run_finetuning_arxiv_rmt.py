@@ -41,7 +41,7 @@ from lm_experiments_tools import Trainer, TrainerArgs, text_sources
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError, RunFailure
 from lm_experiments_tools.offline_model import load_tokenizer, small_gpt2_config
-from lm_experiments_tools.run_folder import prepare_run_folder
+from lm_experiments_tools.run_folder import holding_run_folders, prepare_run_folder
 from lm_experiments_tools.runs import (RunArgs, build_backbone, eval_batches, exit_on_bad_input, exit_on_failure,
                                        help_field, load_config, load_run_weights, make_trainer, parse_args,
                                        segment_checkpointing_option, start_run, train_batches, write_run_config)
@@ -238,12 +238,13 @@ def main(argv=None) -> dict:
     Returns:
         the results written to results.json.
     """
-    with exit_on_bad_input():
-        run = setup(argv)
-    with exit_on_failure(run.trainer_args.model_path):
-        if not run.args.validate_only:
-            run.trainer.train()
-        return evaluate(run, load_best=not run.args.validate_only)
+    with holding_run_folders():  # the run folder's one-writer lock, from setup to the end
+        with exit_on_bad_input():
+            run = setup(argv)
+        with exit_on_failure(run.trainer_args.model_path):
+            if not run.args.validate_only:
+                run.trainer.train()
+            return evaluate(run, load_best=not run.args.validate_only)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ from lm_experiments_tools.runs import (RunArgs, bptt_depth_from_segments, bptt_s
                                        load_run_weights, make_trainer, parse_args, segment_checkpointing_option,
                                        start_run, train_batches, write_run_config)
 from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer, offline_model_path, small_gpt2_config
-from lm_experiments_tools.run_folder import prepare_run_folder
+from lm_experiments_tools.run_folder import holding_run_folders, prepare_run_folder
 from lm_experiments_tools.utils import CONFIG_FILE, get_cls_by_name, parse_positive_ints
 
 logger = logging.getLogger(__name__)
@@ -472,13 +472,14 @@ def setup(argv=None) -> tuple:
 def main(argv=None):
     """Train the curriculum (or evaluate --model_cpt); every error ends with one line on stderr, exit code 2 for
     bad input and 1 for failures at run time."""
-    with exit_on_bad_input():
-        experiment, stages, extra = setup(argv)
-    with exit_on_failure(lambda: experiment.run_folder):
-        if experiment.args.validate_only:
-            validate_checkpoint(experiment, stages, extra)
-        else:
-            run_curriculum(experiment, stages, extra)
+    with holding_run_folders():  # each run folder's one-writer lock, from setup to the end
+        with exit_on_bad_input():
+            experiment, stages, extra = setup(argv)
+        with exit_on_failure(lambda: experiment.run_folder):
+            if experiment.args.validate_only:
+                validate_checkpoint(experiment, stages, extra)
+            else:
+                run_curriculum(experiment, stages, extra)
 
 
 if __name__ == "__main__":

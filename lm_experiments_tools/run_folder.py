@@ -6,6 +6,11 @@ results). Training into it needs a decision: `resume` continues that run from it
 starts over and deletes those files first (only those: the folder may hold other things, and is never removed).
 Evaluation-only invocations do not call this check: they append to a finished run's results on purpose.
 
+One writer per folder: the main process of a run holds an exclusive lock (`fcntl.flock` on RUN_LOCK_NAME in the
+folder, which names the holder's pid and host) from before its first write until it ends, whichever way it ends.
+The OS drops the lock of a process that dies, so a killed run never blocks the next one; a second live run is
+refused with one line naming the holder.
+
 `exit_with_one_line` is what an entry script's `main()` runs inside: any exception becomes one line on stderr
 ("error: <cause> (traceback: <log file>)") and an exit code, 2 for bad input (`BadInputError`, and the types the
 caller names for its setup stage) and 1 for everything else (`RunFailure`, a full disk, bugs). The log file is
@@ -14,8 +19,10 @@ before the run folder exists (a refused flag) needs no traceback and gets none.
 """
 import contextlib
 import errno
+import fcntl
 import logging
 import os
+import platform
 import sys
 import tempfile
 import threading
@@ -36,11 +43,65 @@ ERROR_LOG_NAME = "error.log"  # tracebacks of failures, appended; not a run file
 RUN_FILE_PATTERNS = ("model_*.pth", ".model_*.pth.*.tmp", "events.out.tfevents.*", "config.json", "git.diff",
                      "results.json", "results.jsonl")
 MAX_NAMES_IN_ERROR = 4
+RUN_LOCK_NAME = ".run.lock"  # not a run file: a run that never took a step leaves a folder a rerun may reuse
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class RunFolderError(BadInputError):
     """The run folder holds another run and neither resume nor overwrite was given (or both were)."""
+
+
+class RunFolderLockedError(RunFolderError):
+    """Another live process holds the run folder's lock: two runs would write one folder."""
+
+
+_held_locks = {}  # resolved folder -> the open lock file whose flock this process holds
+
+
+def lock_run_folder(folder) -> None:
+    """Hold the one-writer lock of `folder` until `release_run_folders()` or the end of the process.
+
+    The folder is created if needed; the lock file then names this process. Taking a lock this process already
+    holds does nothing (a curriculum stage is prepared, then trained).
+
+    Raises:
+        RunFolderLockedError: another live process holds the lock (named by the pid and host it wrote).
+    """
+    folder = Path(folder)
+    key = folder.resolve()
+    if key in _held_locks:
+        return
+    check_writable(folder)
+    file = open(folder / RUN_LOCK_NAME, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or "a process that has not named itself yet"
+        file.close()
+        raise RunFolderLockedError(f"model_path {folder} is in use by another run ({holder}): expected one run per "
+                                   "folder; wait for that run to end, stop it, or choose another model_path") from None
+    file.seek(0)
+    file.truncate()
+    file.write(f"pid {os.getpid()} on {platform.node()}\n")
+    file.flush()
+    _held_locks[key] = file
+
+
+def release_run_folders() -> None:
+    """Release every run folder lock this process holds (the lock files stay; they name no one then)."""
+    for file in _held_locks.values():
+        file.close()  # closing the last descriptor of the open file drops its flock
+    _held_locks.clear()
+
+
+@contextlib.contextmanager
+def holding_run_folders():
+    """Context of a run: the run folder locks taken inside are released when it ends, whichever way it ends."""
+    try:
+        yield
+    finally:
+        release_run_folders()
 
 
 def run_files(folder) -> list[Path]:
@@ -75,7 +136,7 @@ def check_writable(folder: Path) -> None:
 
 def prepare_run_folder(folder, *, resume: bool, overwrite: bool, is_main: bool = True) -> None:
     """Refuse a folder that holds a run unless told what to do with it; with `overwrite`, empty it of that run.
-    The folder is created and checked for writing (on the main process).
+    The folder is created and checked for writing, and its lock taken (on the main process, before any write).
 
     Args:
         folder: the run folder (`model_path`); None (nothing written) is always fine.
@@ -86,6 +147,7 @@ def prepare_run_folder(folder, *, resume: bool, overwrite: bool, is_main: bool =
 
     Raises:
         RunFolderError: the folder holds a run and neither flag is given, or both flags are given.
+        RunFolderLockedError: another run is writing to the folder.
     """
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite are both given: expected at most one (continue the run "
@@ -100,7 +162,7 @@ def prepare_run_folder(folder, *, resume: bool, overwrite: bool, is_main: bool =
         dist.barrier()  # every process has looked before the main one deletes or writes anything
     if not is_main:
         return
-    check_writable(Path(folder))
+    lock_run_folder(folder)
     if files and overwrite:
         for path in files:
             path.unlink(missing_ok=True)
