@@ -55,12 +55,12 @@ from babilong.metrics import BabilongMetrics
 from babilong.results import RESULTS_FILE, append_result, read_results
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
-from lm_experiments_tools.runs import (RunArgs, bptt_depth_from_segments, bptt_segments_from_depth, build_backbone,
+from lm_experiments_tools.runs import (RESUME_MAY_CHANGE, RunArgs, bptt_depth_from_segments, bptt_segments_from_depth, build_backbone,
                                        eval_batches, exit_on_bad_input, exit_on_failure, help_field, load_config,
-                                       load_run_weights, make_trainer, parse_args, segment_checkpointing_option,
-                                       start_run, train_batches, write_run_config)
+                                       load_run_weights, make_trainer, parse_args, run_values,
+                                       segment_checkpointing_option, start_run, train_batches, write_run_config)
 from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer, offline_model_path, small_gpt2_config
-from lm_experiments_tools.run_folder import holding_run_folders, prepare_run_folder
+from lm_experiments_tools.run_folder import check_resumed_settings, holding_run_folders, prepare_run_folder
 from lm_experiments_tools.utils import CONFIG_FILE, get_cls_by_name, parse_positive_ints
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ DEFAULT_MODEL_CLS = {"encoder": "modeling_rmt:RMTEncoderForSequenceClassificatio
                      "decoder": "modeling_rmt:RecurrentWrapper"}
 DEFAULT_BACKBONE_CLS = {"encoder": "transformers:AutoModelForSequenceClassification",
                         "decoder": "transformers:AutoModelForCausalLM"}
+# what a --resume may change besides RESUME_MAY_CHANGE: shown examples, extra evaluation lengths, later stages
+BABILONG_RESUME_MAY_CHANGE = RESUME_MAY_CHANGE | {"show_valid_examples", "eval_n_segments", "curriculum"}
 LONG_SAMPLE_SEGMENTS = 32  # from this many segments on, evaluation shows a progress bar over each batch's segments
 
 
@@ -368,6 +370,16 @@ def evaluate(experiment: Experiment, stage: Stage, *, checkpoint: Path, results_
     return record
 
 
+def stage_options(trainer_args, args: BabilongArgs, stage: Stage, init_dir) -> tuple:
+    """(trainer args, BABILong args) of one curriculum stage: its run folder, its length, its initial weights."""
+    model_path = stage_folder(trainer_args.model_path, stage.n_segments)
+    stage_trainer_args = dataclasses.replace(trainer_args, model_path=None if model_path is None else str(model_path),
+                                             use_generate_on_valid=args.model_type == "decoder")
+    stage_args = dataclasses.replace(args, model_cpt=None if init_dir is None else str(init_dir),
+                                     max_n_segments=stage.n_segments, input_seq_len=stage.input_seq_len)
+    return stage_trainer_args, stage_args
+
+
 def train_stage(experiment: Experiment, stage: Stage, init_dir) -> Path:
     """Train one curriculum stage in its own run folder, starting from init_dir's best checkpoint if given.
 
@@ -375,13 +387,9 @@ def train_stage(experiment: Experiment, stage: Stage, init_dir) -> Path:
         The stage's run folder (None when model_path is None).
     """
     args, model = experiment.args, experiment.model
-    model_path = stage_folder(experiment.trainer_args.model_path, stage.n_segments)
-    experiment.run_folder = model_path
-    model_path = None if model_path is None else str(model_path)
-    stage_trainer_args = dataclasses.replace(experiment.trainer_args, model_path=model_path,
-                                             use_generate_on_valid=args.model_type == "decoder")
-    stage_args = dataclasses.replace(args, model_cpt=None if init_dir is None else str(init_dir),
-                                     max_n_segments=stage.n_segments, input_seq_len=stage.input_seq_len)
+    stage_trainer_args, stage_args = stage_options(experiment.trainer_args, args, stage, init_dir)
+    model_path = stage_trainer_args.model_path
+    experiment.run_folder = None if model_path is None else Path(model_path)
     model.max_n_segments = stage.n_segments
     if init_dir is not None:
         load_run_weights(model, init_dir)
@@ -461,8 +469,12 @@ def setup(argv=None) -> tuple:
     experiment.valid_batches(stages[0])  # the background loads and the first sample builds, or fails
     if not args.validate_only:  # every stage's folder, before the first one trains
         for stage in stages:
-            prepare_run_folder(stage_folder(trainer_args.model_path, stage.n_segments),
-                               resume=trainer_args.resume, overwrite=trainer_args.overwrite, is_main=context.is_main)
+            folder = stage_folder(trainer_args.model_path, stage.n_segments)
+            prepare_run_folder(folder, resume=trainer_args.resume, overwrite=trainer_args.overwrite,
+                               is_main=context.is_main)
+            if trainer_args.resume:  # a finished stage too: its results belong to its own settings
+                check_resumed_settings(folder, run_values(*stage_options(trainer_args, args, stage, args.model_cpt)),
+                                       BABILONG_RESUME_MAY_CHANGE)
     logger.info(f"{args.task} ({args.model_type}): {type(model).__name__} around {backbone_name(vars(args))}, "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters, segment size {model.segment_size}, "
                 f"{args.num_mem_tokens} memory tokens, stages {[s.n_segments for s in stages]}")

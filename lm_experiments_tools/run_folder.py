@@ -6,6 +6,10 @@ results). Training into it needs a decision: `resume` continues that run from it
 starts over and deletes those files first (only those: the folder may hold other things, and is never removed).
 Evaluation-only invocations do not call this check: they append to a finished run's results on purpose.
 
+A run resumed with `resume` keeps the settings that define it: `check_resumed_settings` refuses values that
+differ from the folder's config.json, except those a caller allows to change by design (docs/design.md,
+"Training, checkpoints and resume").
+
 One writer per folder: the main process of a run holds an exclusive lock (`fcntl.flock` on RUN_LOCK_NAME in the
 folder, which names the holder's pid and host) from before its first write until it ends, whichever way it ends.
 The OS drops the lock of a process that dies, so a killed run never blocks the next one; a second live run is
@@ -20,6 +24,7 @@ before the run folder exists (a refused flag) needs no traceback and gets none.
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import platform
@@ -35,7 +40,7 @@ import torch.distributed as dist
 
 from .checkpoint import CheckpointError, find_latest_checkpoint
 from .errors import BAD_INPUT_EXIT_CODE, RUN_FAILURE_EXIT_CODE, BadInputError
-from .utils import destroy_distributed
+from .utils import CONFIG_FILE, GIT_DIFF_FILE, destroy_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +121,38 @@ def _describe(files: list[Path]) -> str:
     names = [path.name for path in files]
     more = f" and {len(names) - MAX_NAMES_IN_ERROR} more" if len(names) > MAX_NAMES_IN_ERROR else ""
     return ", ".join(names[:MAX_NAMES_IN_ERROR]) + more
+
+
+def check_resumed_settings(folder, values: dict, may_change) -> None:
+    """Refuse to resume the run in `folder` with settings other than its own.
+
+    Nothing is checked when the folder holds nothing to resume from (no checkpoint, events or results, only the
+    config.json and git.diff of a run that stopped before its first step): resuming then starts a new run.
+
+    Args:
+        folder: the run folder.
+        values: the settings the resumed run would write to config.json (its "args").
+        may_change: names whose values may differ by design (e.g. iters, to extend a run; logging intervals).
+
+    Raises:
+        RunFolderError: the folder's config.json is unreadable, or a setting differs (all differences listed).
+    """
+    folder = Path(folder)
+    config_file = folder / CONFIG_FILE
+    if not config_file.is_file() or all(path.name in (CONFIG_FILE, GIT_DIFF_FILE) for path in run_files(folder)):
+        return
+    try:
+        saved = json.loads(config_file.read_text())["args"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RunFolderError(f"--resume: {config_file} is unreadable ({error}): expected the config.json the run "
+                             "wrote, to check that it resumes with its own settings") from error
+    current = json.loads(json.dumps(values, default=str))  # as config.json stores them
+    changed = [f"{name} {saved[name]!r} -> {current[name]!r}" for name in sorted(current)
+               if name in saved and name not in may_change and saved[name] != current[name]]
+    if changed:
+        raise RunFolderError(f"--resume of {folder} changes the settings that define the run ({'; '.join(changed)}): "
+                             f"expected the values of its {CONFIG_FILE}, or another model_path for a new run "
+                             f"(only {', '.join(sorted(may_change))} may change)")
 
 
 def check_writable(folder: Path) -> None:

@@ -45,6 +45,13 @@ logger = logging.getLogger(__name__)
 FULL_BPTT = -1  # gradients flow through every segment
 SETUP_BAD_INPUT = (ValueError, OSError)  # before training, a value that does not work or a missing file is the user's
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# settings a --resume may change (docs/design.md, "Training, checkpoints and resume"): how long to train, how often to
+# log, validate and save, how data is loaded, how memory is saved (segment checkpointing: the same gradients), which
+# folder it is, and the starting points that the resumed checkpoint supersedes; every other setting defines the run
+RESUME_MAY_CHANGE = frozenset({"iters", "log_interval", "valid_interval", "save_interval", "data_n_workers",
+                               "segment_checkpointing", "resume", "overwrite", "model_path", "model_cpt",
+                               "init_checkpoint", "reset_lr", "reset_iteration", "reset_optimizer",
+                               "max_nonfinite_steps", "ddp_find_unused_parameters"})
 
 
 def help_field(default, text: str):
@@ -152,9 +159,14 @@ def start_run(trainer_args: TrainerArgs):
     return context
 
 
+def run_values(trainer_args: TrainerArgs, args: RunArgs) -> dict:
+    """The settings of a run as its config.json records them ("args")."""
+    return {**dataclasses.asdict(trainer_args), **dataclasses.asdict(args)}
+
+
 def write_run_config(trainer_args: TrainerArgs, args: RunArgs) -> None:
     """Create the run folder (model_path) with config.json and git.diff; nothing when model_path is None."""
-    prepare_run({**dataclasses.asdict(trainer_args), **dataclasses.asdict(args)}, logger)
+    prepare_run(run_values(trainer_args, args), logger)
 
 
 # ---- model ----------------------------------------------------------------------------------------------------

@@ -135,6 +135,45 @@ def test_validate_only_appends_a_record_to_the_checkpoint_folder(curriculum_run,
     assert (records[-1]["n_segments"], records[-1]["input_seq_len"], records[-1]["trained_n_segments"]) == (4, 100, 1)
 
 
+def curriculum_argv(tiny_bert, runs, **changes) -> list:
+    """The command line of `curriculum_run` with --resume, and the flags in `changes` given other values."""
+    argv = common_args(tiny_bert) + training_args() + [
+        "--curriculum", "1,2", "--eval_n_segments", "3", "--model_path", str(runs / STAGE_DIR / "run_1"), "--resume"]
+    for name, value in changes.items():
+        if f"--{name}" in argv:
+            argv[argv.index(f"--{name}") + 1] = value
+        else:
+            argv += [f"--{name}", value]
+    return argv
+
+
+def config_texts(runs) -> list:
+    return [(runs / f"seg{n}" / "run_1" / CONFIG_FILE).read_text() for n in (1, 2)]
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"batch_size": "4", "lr": "0.01"}, ["batch_size 2 -> 4", "lr 0.001 -> 0.01"]),
+    ({"seed": "7", "gradient_accumulation_steps": "1"}, ["seed 42 -> 7", "gradient_accumulation_steps 2 -> 1"]),
+    ({"input_size": "33"}, ["input_size 32 -> 33", "input_seq_len 27 -> 28"]),
+    ({"task": "detect_memorize"}, ["task 'memorize' -> 'detect_memorize'"]),  # a finished curriculum: not skipped
+])
+def test_resume_with_other_settings_is_refused_listing_them(curriculum_run, tiny_bert, capsys, changes, expected):
+    runs, _ = curriculum_run
+    before = config_texts(runs)
+    code, err = run_main(curriculum_argv(tiny_bert, runs, **changes), capsys)
+    assert code == 2 and len(err) == 1 and "changes the settings that define the run" in err[0], err
+    assert all(difference in err[0] for difference in expected), err[0]
+    assert config_texts(runs) == before
+
+
+def test_resume_may_change_what_does_not_define_the_run(curriculum_run, tiny_bert, capsys):
+    runs, _ = curriculum_run
+    records = [stage_records(runs / f"seg{n}" / "run_1") for n in (1, 2)]
+    run_babilong.main(curriculum_argv(tiny_bert, runs, log_interval="1", show_valid_examples="0",
+                                      data_n_workers="0", valid_interval="1"))
+    assert [stage_records(runs / f"seg{n}" / "run_1") for n in (1, 2)] == records  # finished: skipped
+
+
 def test_decoder_generation_reports_exact_match(tmp_path):
     gpt2 = write_config(tmp_path, TINY_GPT2)
     run_babilong.main(common_args(gpt2) + training_args(iters=2) + [
