@@ -27,7 +27,8 @@ constant memory and a progress bar per sample.
 
 A `--model_path` that already holds a run is refused unless `--resume` (continue it; a curriculum skips the
 stages that finished, i.e. have their evaluation record) or `--overwrite` (start over, deleting its checkpoints,
-events and results) is given; `--validate_only` appends to a finished run's results.
+events and results) is given. `--validate_only` appends to the evaluated run's results, or writes a new folder
+given as `--model_path`, never into another run. One run at a time writes a folder (lm_experiments_tools.run_folder).
 
 Every error ends with one line on stderr naming the cause and the log file that holds the traceback (error.log in
 the run folder): exit code 2 for bad input (flags, files, checkpoints, a `--model_cpt` made with another
@@ -60,7 +61,8 @@ from lm_experiments_tools.runs import (RESUME_MAY_CHANGE, RunArgs, bptt_depth_fr
                                        load_run_weights, make_trainer, parse_args, run_values,
                                        segment_checkpointing_option, start_run, train_batches, write_run_config)
 from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer, offline_model_path, small_gpt2_config
-from lm_experiments_tools.run_folder import check_resumed_settings, holding_run_folders, prepare_run_folder
+from lm_experiments_tools.run_folder import (check_resumed_settings, evaluation_folder, holding_run_folders,
+                                             lock_run_folder, prepare_run_folder)
 from lm_experiments_tools.utils import CONFIG_FILE, get_cls_by_name, parse_positive_ints
 
 logger = logging.getLogger(__name__)
@@ -443,12 +445,15 @@ def _trained_n_segments(model_cpt) -> int | None:
 
 
 def validate_checkpoint(experiment: Experiment, stages: list, extra: list) -> None:
-    """Evaluate model_cpt's best checkpoint at the requested length(s)."""
+    """Evaluate model_cpt's best checkpoint at the requested length(s); results go to the folder that
+    `evaluation_folder` chose in setup, which gets a config.json only when it is not the evaluated run."""
     args = experiment.args
+    results_dir = experiment.run_folder
+    if experiment.context.is_main:
+        lock_run_folder(results_dir)
     checkpoint = load_run_weights(experiment.model, args.model_cpt)
-    results_dir = experiment.trainer_args.model_path or args.model_cpt
-    experiment.run_folder = Path(results_dir)
-    write_run_config(experiment.trainer_args, args)
+    if results_dir.resolve() != Path(args.model_cpt).resolve():  # the evaluated run keeps its own config.json
+        write_run_config(dataclasses.replace(experiment.trainer_args, model_path=str(results_dir)), args)
     for stage in extra or stages:
         evaluate(experiment, stage, checkpoint=checkpoint, results_dir=results_dir,
                  trained_n_segments=_trained_n_segments(args.model_cpt))
@@ -467,7 +472,9 @@ def setup(argv=None) -> tuple:
         load_run_weights(model, args.model_cpt)  # refuses weights of another shape before any time is spent
     experiment = Experiment(args, trainer_args, model, tokenizer, task, context)
     experiment.valid_batches(stages[0])  # the background loads and the first sample builds, or fails
-    if not args.validate_only:  # every stage's folder, before the first one trains
+    if args.validate_only:
+        experiment.run_folder = evaluation_folder(trainer_args.model_path, args.model_cpt)
+    else:  # every stage's folder, before the first one trains
         for stage in stages:
             folder = stage_folder(trainer_args.model_path, stage.n_segments)
             prepare_run_folder(folder, resume=trainer_args.resume, overwrite=trainer_args.overwrite,

@@ -207,6 +207,35 @@ def prepare_run_folder(folder, *, resume: bool, overwrite: bool, is_main: bool =
                        f"({_describe(files)})")
 
 
+def evaluation_folder(folder, evaluated) -> Path:
+    """The folder an evaluation-only run of the run folder `evaluated` writes to: the evaluated run itself (when
+    `folder` is None or the same folder), or a new or empty folder, never over another run. The writer takes its
+    lock (`lock_run_folder`) before writing.
+
+    A folder written by an earlier evaluation of the same run (its config.json has validate_only and the same
+    model_cpt) is not another run: evaluating again appends to its results.
+
+    Raises:
+        RunFolderError: `folder` holds another run.
+    """
+    target = Path(evaluated if folder is None else folder)
+    if target.resolve() != Path(evaluated).resolve():
+        files = run_files(target)
+        if files and not _is_evaluation_of(target, evaluated):
+            raise RunFolderError(f"--validate_only --model_cpt {evaluated} --model_path {folder}: model_path holds "
+                                 f"another run ({_describe(files)}); expected no --model_path (results go to the "
+                                 "evaluated run), model_path equal to model_cpt, or a new or empty folder")
+    return target
+
+
+def _is_evaluation_of(folder: Path, evaluated) -> bool:
+    try:
+        saved = json.loads((folder / CONFIG_FILE).read_text())["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(saved.get("validate_only")) and Path(str(saved.get("model_cpt"))).resolve() == Path(evaluated).resolve()
+
+
 # ---- failures -------------------------------------------------------------------------------------------------
 
 def _process_label() -> str:

@@ -135,6 +135,28 @@ def test_validate_only_appends_a_record_to_the_checkpoint_folder(curriculum_run,
     assert (records[-1]["n_segments"], records[-1]["input_seq_len"], records[-1]["trained_n_segments"]) == (4, 100, 1)
 
 
+def test_validate_only_never_writes_into_another_run(curriculum_run, tiny_bert, capsys):
+    stage_1, stage_2 = (curriculum_run[0] / f"seg{n}" / "run_1" for n in (1, 2))
+    before = {path.name: path.read_bytes() for path in stage_2.iterdir() if path.is_file()}
+    code, err = run_main(common_args(tiny_bert) + ["--validate_only", "--model_cpt", str(stage_1),
+                                                   "--model_path", str(stage_2)], capsys)
+    assert code == 2 and len(err) == 1 and f"--model_path {stage_2}: model_path holds another run" in err[0], err
+    assert {path.name: path.read_bytes() for path in stage_2.iterdir() if path.is_file()} == before
+
+
+def test_validate_only_keeps_the_evaluated_runs_config_and_may_write_a_new_folder(curriculum_run, tiny_bert,
+                                                                                 tmp_path):
+    stage_1 = curriculum_run[0] / "seg1" / "run_1"
+    config = (stage_1 / CONFIG_FILE).read_text()
+    evaluation = tmp_path / "evaluation"
+    for model_path in (stage_1, evaluation, evaluation):  # the second evaluation into its folder appends
+        run_babilong.main(common_args(tiny_bert) + ["--validate_only", "--model_cpt", str(stage_1),
+                                                    "--model_path", str(model_path)])
+    assert (stage_1 / CONFIG_FILE).read_text() == config
+    assert json.loads((evaluation / CONFIG_FILE).read_text())["args"]["validate_only"] is True
+    assert len(stage_records(evaluation)) == 2
+
+
 def curriculum_argv(tiny_bert, runs, **changes) -> list:
     """The command line of `curriculum_run` with --resume, and the flags in `changes` given other values."""
     argv = common_args(tiny_bert) + training_args() + [
