@@ -274,6 +274,23 @@ def test_plot_draws_the_most_trained_model_per_task(tmp_path, capsys):
     assert sorted(lines) == [("memorize", "", 1), ("memorize", "", 2), ("reasoning", "", 1)]
 
 
+def test_a_torn_last_record_is_skipped_by_readers_and_never_glued_onto(tmp_path, caplog, capsys):
+    run_dir = tmp_path / "memorize" / "seg2"
+    append_result(run_dir, _record("memorize", 2, 1, 90.0))
+    with open(run_dir / RESULTS_FILE, "a", encoding="utf-8") as file:  # a crash in the middle of an append
+        file.write(json.dumps(_record("memorize", 2, 2, 95.0))[:30])
+    with caplog.at_level("WARNING"):
+        assert [r["n_segments"] for r in read_results(run_dir / RESULTS_FILE)] == [1]
+    assert f"{RESULTS_FILE}:2: skipping a torn record" in caplog.text
+    append_result(run_dir, _record("memorize", 2, 8, 70.0))
+    lines = (run_dir / RESULTS_FILE).read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])["n_segments"] == 8  # on its own line, after the torn one
+    assert [r["n_segments"] for r in read_results(run_dir / RESULTS_FILE)] == [1, 8]
+    assert run_babilong.is_evaluated(run_dir, n_segments=8, trained_n_segments=2)  # what --resume reads
+    assert plot.main([str(tmp_path), "-o", str(tmp_path / "figure.png")]) == 0
+    assert "| memorize |  | 2 | 8 | 456 | 70.0 | 10 |" in capsys.readouterr().out
+
+
 def test_plot_keeps_the_named_tasks(tmp_path, capsys):
     append_result(tmp_path / "reasoning_plain", _record("reasoning_plain", 1, 1, 90.0))
     append_result(tmp_path / "reasoning", _record("reasoning", 2, 2, 60.0))
