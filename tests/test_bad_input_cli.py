@@ -345,7 +345,8 @@ def test_full_disk_exits_1_naming_the_path_and_the_last_good_checkpoint(configs,
     monkeypatch.setattr("lm_experiments_tools.checkpoint.torch.save", save_until_full)
     folder = tmp_path / "run"
     code, lines = run_cli(run_babilong.main, babilong_argv(configs, folder, "--iters", "3"), capsys, "full disk")
-    line = assert_one_line(code, lines, 1, "No space left on device", f"last good checkpoint is {folder}/model_1.pth")
+    line = assert_one_line(code, lines, 1, "the disk is full (No space left on device)",
+                           f"last good checkpoint is {folder}/model_1.pth")
     assert line.startswith(f"error: cannot write checkpoint {folder}/model_")
     assert line.endswith(f"(traceback: {folder}/error.log)")
     assert "Traceback" in (folder / "error.log").read_text() and not list(folder.glob(".*.tmp"))
