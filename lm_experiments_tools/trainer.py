@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -42,6 +43,7 @@ from .utils import hold_process_group, init_distributed
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+INTERRUPT_EXIT_CODE = 128 + signal.SIGINT  # 130: what shells report for a command ended by Ctrl-C
 TENSORBOARD_QUEUE_SIZE = 1000
 
 
@@ -92,6 +94,19 @@ def _deferred_stop_signals():
         _restore_handlers(previous)
         raise
     _restore_handlers(previous)
+
+
+def stop_exit_code(received_signals: list) -> int:
+    """The exit code of a run stopped by a signal, after its resumable checkpoint is saved.
+
+    Ctrl-C (SIGINT) gives 130, as the shell reports an interrupted command, so that a script that chains runs stops
+    too. SIGTERM gives 0: a scheduler's stop, after which the job is requeued and resumes. Under torchrun a process
+    exits 0 either way, because torchrun reports any other code as a failure with a traceback; scripts/launch.sh
+    reports the interrupt in one line and exits 130 itself.
+    """
+    if signal.SIGINT in received_signals and not os.environ.get("TORCHELASTIC_RUN_ID"):
+        return INTERRUPT_EXIT_CODE
+    return 0
 
 
 def _restore_handlers(handlers: dict) -> None:
@@ -230,7 +245,7 @@ class Trainer:
         """Train until `iters` optimizer steps or early stopping.
 
         On SIGTERM/SIGINT the current step finishes, a resumable checkpoint model_{n_iter}.pth is written and the
-        process exits with code 0 (SystemExit).
+        process exits (SystemExit) with code 0 after SIGTERM, 130 after SIGINT (see `stop_exit_code`).
 
         Returns:
             The best validation metrics, or the last training metrics when there is no validation data.
@@ -402,7 +417,7 @@ class Trainer:
                       f"continue with --resume", logging.WARNING)
         if self.tb is not None:
             self.tb.close()
-        raise SystemExit(0)
+        raise SystemExit(stop_exit_code(received_signals))
 
     # ---- logging -----------------------------------------------------------------------------------------------
     def _log_train(self) -> None:
