@@ -472,6 +472,9 @@ def setup(argv=None) -> tuple:
         load_run_weights(model, args.model_cpt)  # refuses weights of another shape before any time is spent
     experiment = Experiment(args, trainer_args, model, tokenizer, task, context)
     experiment.valid_batches(stages[0])  # the background loads and the first sample builds, or fails
+    if not args.validate_only:  # every training story fits its stage's length, checked before anything is written
+        for stage in stages:
+            experiment.train_batches(stage)
     if args.validate_only:
         experiment.run_folder = evaluation_folder(trainer_args.model_path, args.model_cpt)
     else:  # every stage's folder, before the first one trains

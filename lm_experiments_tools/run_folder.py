@@ -1,8 +1,9 @@
 """Run folders: a training run never lands silently in a folder that already holds another one, and a failed run
 ends with one line naming the cause while its traceback goes to a log file in the folder.
 
-A folder holds a run when it has any of the files a run writes (checkpoints, tensorboard events, config.json,
-results). Training into it needs a decision: `resume` continues that run from its newest checkpoint, `overwrite`
+A folder holds a run when it has any of the files a run writes once it has started (checkpoints, tensorboard
+events, results); config.json and git.diff alone are what a run that failed before its first step left, and a rerun
+reuses the folder (writing them anew). Training into it needs a decision: `resume` continues that run from its newest checkpoint, `overwrite`
 starts over and deletes those files first (only those: the folder may hold other things, and is never removed).
 Evaluation-only invocations do not call this check: they append to a finished run's results on purpose.
 
@@ -110,11 +111,14 @@ def holding_run_folders():
 
 
 def run_files(folder) -> list[Path]:
-    """The files of a previous run in `folder` (sorted), [] when it has none or does not exist."""
+    """The files of a previous run in `folder` (sorted); [] when it has none, does not exist, or holds only the
+    config.json and git.diff of a run that failed before its first step (the Trainer opens its events file at its
+    first log)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted({path for pattern in RUN_FILE_PATTERNS for path in folder.glob(pattern) if path.is_file()})
+    files = sorted({path for pattern in RUN_FILE_PATTERNS for path in folder.glob(pattern) if path.is_file()})
+    return [] if all(path.name in (CONFIG_FILE, GIT_DIFF_FILE) for path in files) else files
 
 
 def _describe(files: list[Path]) -> str:
@@ -139,7 +143,7 @@ def check_resumed_settings(folder, values: dict, may_change) -> None:
     """
     folder = Path(folder)
     config_file = folder / CONFIG_FILE
-    if not config_file.is_file() or all(path.name in (CONFIG_FILE, GIT_DIFF_FILE) for path in run_files(folder)):
+    if not config_file.is_file() or not run_files(folder):
         return
     try:
         saved = json.loads(config_file.read_text())["args"]

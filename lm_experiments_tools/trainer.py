@@ -169,7 +169,8 @@ class Trainer:
         self._interval = _IntervalStats()
         self._last_validation_step, self._last_save_step = None, None
         self._resumed = self._load_initial_checkpoint()
-        self.tb = self._open_tensorboard()
+        # purge_step hides events an interrupted run logged after its last checkpoint
+        self._tb, self._tb_purge_step = None, self.n_iter + 1 if self.n_iter else None
 
     # ---- setup -------------------------------------------------------------------------------------------------
     def _check_setup(self) -> None:
@@ -227,14 +228,16 @@ class Trainer:
                       reset_iteration=args.reset_iteration)
         return False
 
-    def _open_tensorboard(self):
-        if not self.is_main or self.args.model_path is None:
-            return None
-        from torch.utils.tensorboard import SummaryWriter  # slow import, needed only when writing logs
-        # purge_step hides events an interrupted run logged after its last checkpoint; a long queue keeps the
-        # training loop from waiting on the writer thread
-        return SummaryWriter(log_dir=self.args.model_path, purge_step=self.n_iter + 1 if self.n_iter else None,
-                             max_queue=TENSORBOARD_QUEUE_SIZE)
+    @property
+    def tb(self):
+        """The tensorboard writer (rank 0 with a model_path, else None), opened at its first use: a run that fails
+        before it logs anything leaves no events file, so its folder holds no run (lm_experiments_tools.run_folder)."""
+        if self._tb is None and self.is_main and self.args.model_path is not None:
+            from torch.utils.tensorboard import SummaryWriter  # slow import, needed only when writing logs
+            # a long queue keeps the training loop from waiting on the writer thread
+            self._tb = SummaryWriter(log_dir=self.args.model_path, purge_step=self._tb_purge_step,
+                                     max_queue=TENSORBOARD_QUEUE_SIZE)
+        return self._tb
 
     def _log(self, message: str, level: int = logging.INFO) -> None:
         if self.is_main:
@@ -402,8 +405,8 @@ class Trainer:
             self._validate_and_decide()
         if self.args.save_interval and self._last_save_step != self.n_iter:
             self.save(self.args.model_path)
-        if self.tb is not None:
-            self.tb.flush()
+        if self._tb is not None:
+            self._tb.flush()
 
     def _save_and_exit(self, received_signals: list) -> None:
         # under torchrun another process may have been the one that got the signal
@@ -415,8 +418,8 @@ class Trainer:
             checkpoint = Path(self.args.model_path) / iteration_checkpoint_name(self.n_iter)
             self._log(f"{name} received: stopped after step {self.n_iter}, resumable checkpoint {checkpoint}; "
                       f"continue with --resume", logging.WARNING)
-        if self.tb is not None:
-            self.tb.close()
+        if self._tb is not None:
+            self._tb.close()
         raise SystemExit(stop_exit_code(received_signals))
 
     # ---- logging -----------------------------------------------------------------------------------------------

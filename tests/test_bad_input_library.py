@@ -16,8 +16,8 @@ from lm_experiments_tools import NonFiniteWeightsError, TrainerArgs
 from lm_experiments_tools.checkpoint import (BEST_CHECKPOINT_NAME, CheckpointError, CheckpointWriteError,
                                              find_latest_checkpoint, load_checkpoint, save_checkpoint)
 from lm_experiments_tools.errors import BadInputError, RunFailure
-from lm_experiments_tools.run_folder import (CommandLineError, RunFolderError, describe_failure, exit_with_one_line,
-                                             prepare_run_folder, raise_on_parse_errors, run_files)
+from lm_experiments_tools.run_folder import (RUN_LOCK_NAME, CommandLineError, RunFolderError, describe_failure,
+                                             exit_with_one_line, prepare_run_folder, raise_on_parse_errors, run_files)
 from trainer_scripts.tiny_task import build_trainer, flat_parameters
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -184,7 +184,7 @@ def _fill(disk: Path) -> None:
 
 
 def test_a_really_full_disk_is_named_as_such_with_the_last_good_checkpoint(small_disk):
-    trainer = build_trainer(_short_run_args(small_disk), with_validation=False)
+    trainer = build_trainer(_short_run_args(small_disk, log_interval=100), with_validation=False)  # no events
     good = trainer.save(small_disk)  # step 0
     _fill(small_disk)
     with pytest.raises(CheckpointWriteError) as error:
@@ -259,7 +259,7 @@ def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(tmp_path)
 def test_overwrite_deletes_only_the_previous_runs_files(tmp_path):
     folder = _finished_run(tmp_path / "run")
     prepare_run_folder(folder, resume=False, overwrite=True)
-    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [RUN_LOCK_NAME, "notes.txt"]  # the lock names no run
     trainer = build_trainer(TrainerArgs(model_path=str(folder), iters=1, batch_size=4, resume=True, lr=0.01))
     assert trainer.n_iter == 0  # nothing of the old run is left to resume from
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import run_finetuning_babilong_rmt as run_babilong
-from babilong import plot
+from babilong import generate_babi, plot
 from babilong.metrics import f1_scores
 from babilong.results import RESULTS_FILE, append_result, read_results
 from lm_experiments_tools import runs as run_layer
@@ -194,6 +194,48 @@ def test_resume_may_change_what_does_not_define_the_run(curriculum_run, tiny_ber
     run_babilong.main(curriculum_argv(tiny_bert, runs, log_interval="1", show_valid_examples="0",
                                       data_n_workers="0", valid_interval="1"))
     assert [stage_records(runs / f"seg{n}" / "run_1") for n in (1, 2)] == records  # finished: skipped
+
+
+LONG_STORY_FACTS = 40  # about 240 tokens: more than the 4 segments of 27 tokens of these runs
+
+
+def babi_with_a_long_story(folder: Path, first: bool) -> Path:
+    """qa1 files whose training file holds one story too long for 4 segments, as its first or last question."""
+    generate_babi.generate(str(folder), ["qa1"], 20, 10, seed=0)
+    train = Path(generate_babi.task_file(str(folder), "qa1", "train"))
+    long_story = [f"{i} Mary moved to the bathroom." for i in range(1, LONG_STORY_FACTS + 1)]
+    long_story.append(f"{LONG_STORY_FACTS + 1} Where is Mary? \tbathroom\t{LONG_STORY_FACTS}")
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join(long_story + lines if first else lines + long_story) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first story", "last story"])
+def test_a_story_too_long_for_the_segments_is_refused_before_anything_is_written(tiny_bert, tmp_path, capsys, first):
+    babi = babi_with_a_long_story(tmp_path / "babi", first)
+    run_dir = tmp_path / "run"
+    code, err = run_main(common_args(tiny_bert) + training_args(iters=2) + [
+        "--task", "qa1", "--babi_path", str(babi), "--max_n_segments", "4", "--model_path", str(run_dir)], capsys)
+    assert code == 2 and len(err) == 1, err
+    index = 0 if first else 20
+    assert f"qa1 train sample {index} has " in err[0] and f"more than input_seq_len={4 * SEGMENT_SIZE}" in err[0]
+    assert not run_dir.exists() or [path.name for path in run_dir.iterdir()] == [".run.lock"]
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_a_folder_a_rerun_reuses(tiny_bert, tmp_path, capsys,
+                                                                                 monkeypatch):
+    run_dir = tmp_path / "run"
+    argv = common_args(tiny_bert) + training_args(iters=2) + ["--model_path", str(run_dir)]
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("lm_experiments_tools.trainer.Trainer._train_step", fail)
+        code, err = run_main(argv, capsys)
+    assert code == 1 and "out of memory" in err[-1] and (run_dir / CONFIG_FILE).is_file()
+    run_babilong.main(argv)  # neither --resume nor --overwrite: nothing of a run was left
+    assert stage_records(run_dir)[0]["n_samples"] == NUM_VALID_SAMPLES
 
 
 def test_decoder_generation_reports_exact_match(tmp_path):
