@@ -113,27 +113,66 @@ def _local_configs(folder: Path) -> list:
 
 
 def load_split(dataset: str, length: str, task: str):
-    """The `task` split of configuration `length` of a hub dataset or a local folder of save_to_disk sets."""
+    """The `task` split of configuration `length` of a hub dataset or a local folder of save_to_disk sets, checked
+    to have rows of text (`check_rows`)."""
     import datasets  # imported here: only this path needs it
     folder = Path(dataset)
     if folder.is_dir():
-        if not (folder / length / "dataset_dict.json").is_file():
-            raise BadInputError(f"length {length!r}: {dataset} has no save_to_disk DatasetDict {length}/; expected "
-                                f"one of {_local_configs(folder)}")
-        splits = datasets.load_from_disk(str(folder / length))
+        split = _load_local_split(folder, dataset, length, task)
     else:
         try:
             splits = datasets.load_dataset(dataset, length)
         except (ValueError, FileNotFoundError) as error:
             raise BadInputError(f"--dataset {dataset!r} length {length!r}: cannot load it ({error}); expected a hub "
                                 "dataset with that configuration or a local folder") from error
-    if task not in splits:
-        raise BadInputError(f"task {task!r}: {dataset} {length} has no such split; expected one of {list(splits)}")
-    missing = [name for name in FIELDS if name not in splits[task].column_names]
+        if task not in splits:
+            raise BadInputError(f"task {task!r}: {dataset} {length} has no such split; expected one of "
+                                f"{list(splits)}")
+        split = splits[task]
+    missing = [name for name in FIELDS if name not in split.column_names]
     if missing:
         raise BadInputError(f"{dataset} {length} {task}: missing field(s) {missing}; expected fields "
-                            f"{', '.join(FIELDS)}, got {splits[task].column_names}")
-    return splits[task]
+                            f"{', '.join(FIELDS)}, got {split.column_names}")
+    check_rows(split, f"{dataset} {length} {task}")
+    return split
+
+
+def _load_local_split(folder: Path, dataset: str, length: str, task: str):
+    """One split of the save_to_disk DatasetDict folder/length, read alone: a split saved without rows has no data
+    file, which datasets.load_from_disk fails on with an IndexError."""
+    import datasets
+    config = folder / length
+    if not (config / "dataset_dict.json").is_file():
+        raise BadInputError(f"length {length!r}: {dataset} has no save_to_disk DatasetDict {length}/; expected "
+                            f"one of {_local_configs(folder)}")
+    names = json.loads((config / "dataset_dict.json").read_text()).get("splits", [])
+    if task not in names:
+        raise BadInputError(f"task {task!r}: {dataset} {length} has no such split; expected one of {names}")
+    state = json.loads((config / task / "state.json").read_text())
+    if not state.get("_data_files"):
+        raise BadInputError(f"{dataset} {length} {task}: the split has no rows: expected at least one sample")
+    return datasets.load_from_disk(str(config / task))
+
+
+def check_rows(split, name: str) -> None:
+    """Refuse a split without rows, or with a row whose input, question or target is not text (None), naming the
+    first such row; the check reads the Arrow columns' null masks, not the texts.
+
+    Args:
+        split: a datasets.Dataset with the FIELDS.
+        name: the dataset, length and split, as errors name them.
+    """
+    import pyarrow.compute as pc  # a datasets dependency, needed only here
+    if len(split) == 0:
+        raise BadInputError(f"{name}: the split has no rows: expected at least one sample")
+    for field in FIELDS:
+        column = split.data.column(field)
+        if column.null_count:
+            row = pc.index(pc.is_null(column), True).as_py()
+            raise BadInputError(f"{name} row {row}: {field} is None: expected text in every row's "
+                                f"{', '.join(FIELDS)}")
+        if not str(column.type).endswith("string"):
+            raise BadInputError(f"{name}: field {field} holds {column.type}: expected text")
 
 
 # ---- evaluation -----------------------------------------------------------------------------------------------

@@ -225,3 +225,26 @@ def test_cli_refuses_os_system_in_a_run_folder(tmp_path):
                             capture_output=True, text=True, cwd=REPO_ROOT)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "'os:system' is not a registered class" in lines[0]
+
+
+# ---- rows the evaluation cannot read ---------------------------------------------------------------------------
+
+def official_layout(folder: Path, columns: dict) -> str:
+    """A local dataset in the official layout whose 0k qa1 split has `columns`."""
+    from datasets import Dataset, DatasetDict
+    DatasetDict({"qa1": Dataset.from_dict(columns)}).save_to_disk(str(folder / "0k"))
+    return str(folder)
+
+
+@pytest.mark.parametrize("columns, message", [
+    ({"input": [], "question": [], "target": []}, "0k qa1: the split has no rows: expected at least one sample"),
+    ({"input": ["Facts.", None], "question": ["Where is Mary?"] * 2, "target": ["kitchen"] * 2},
+     "0k qa1 row 1: input is None: expected text"),
+])
+def test_a_split_without_rows_or_with_a_none_input_is_one_line_and_exit_2(tmp_path, columns, message):
+    dataset = official_layout(tmp_path / "babilong", columns)
+    result = subprocess.run([sys.executable, "-m", "babilong.evaluate_official", "--model_cpt", str(tmp_path),
+                             "--dataset", dataset, "--tasks", "qa1", "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=REPO_ROOT)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and f"error: {dataset} {message}" in lines[0], result.stderr
