@@ -35,6 +35,7 @@ from transformers import AutoConfig, HfArgumentParser
 
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME, CheckpointError, load_model_weights
 from lm_experiments_tools.errors import BadInputError
+from lm_experiments_tools.malloc import tune_malloc_for_segment_checkpointing
 from lm_experiments_tools.run_folder import exit_with_one_line, raise_on_parse_errors
 from lm_experiments_tools.trainer import Trainer
 from lm_experiments_tools.trainer_args import TrainerArgs
@@ -99,8 +100,15 @@ def bptt_segments_from_depth(bptt_depth: int) -> int:
 
 
 def segment_checkpointing_option(args: RunArgs) -> dict:
-    """Wrapper keyword for --segment_checkpointing; empty when off, so custom wrapper classes need not know it."""
-    return {"segment_checkpointing": True} if args.segment_checkpointing else {}
+    """Wrapper keyword for --segment_checkpointing; empty when off, so custom wrapper classes need not know it.
+
+    When on, glibc's malloc (where it is the allocator) is tuned so that memory stays bounded in the number of
+    segments without a preloaded tcmalloc (lm_experiments_tools.malloc).
+    """
+    if not args.segment_checkpointing:
+        return {}
+    tune_malloc_for_segment_checkpointing()
+    return {"segment_checkpointing": True}
 
 
 def bptt_depth_from_segments(bptt_segments: int) -> int:
