@@ -56,9 +56,9 @@ from babilong.metrics import BabilongMetrics
 from babilong.results import RESULTS_FILE, append_result, read_results
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
-from lm_experiments_tools.runs import (RESUME_MAY_CHANGE, RunArgs, bptt_depth_from_segments, bptt_segments_from_depth, build_backbone,
-                                       eval_batches, exit_on_bad_input, exit_on_failure, help_field, load_config,
-                                       load_run_weights, make_trainer, parse_args, run_values,
+from lm_experiments_tools.runs import (RESUME_MAY_CHANGE, RunArgs, bptt_depth_from_segments, bptt_segments_from_depth,
+                                       build_backbone, eval_batches, exit_on_bad_input, exit_on_failure, help_field,
+                                       load_config, load_run_weights, make_trainer, parse_args, run_values,
                                        segment_checkpointing_option, start_run, train_batches, write_run_config)
 from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer, offline_model_path, small_gpt2_config
 from lm_experiments_tools.run_folder import (check_resumed_settings, evaluation_folder, holding_run_folders,
@@ -472,13 +472,12 @@ def setup(argv=None) -> tuple:
         load_run_weights(model, args.model_cpt)  # refuses weights of another shape before any time is spent
     experiment = Experiment(args, trainer_args, model, tokenizer, task, context)
     experiment.valid_batches(stages[0])  # the background loads and the first sample builds, or fails
-    if not args.validate_only:  # every training story fits its stage's length, checked before anything is written
-        for stage in stages:
-            experiment.train_batches(stage)
     if args.validate_only:
         experiment.run_folder = evaluation_folder(trainer_args.model_path, args.model_cpt)
-    else:  # every stage's folder, before the first one trains
-        for stage in stages:
+    else:
+        for stage in stages:  # every training story fits its stage's length, checked before anything is written
+            experiment.train_batches(stage)
+        for stage in stages:  # every stage's folder, before the first one trains
             folder = stage_folder(trainer_args.model_path, stage.n_segments)
             prepare_run_folder(folder, resume=trainer_args.resume, overwrite=trainer_args.overwrite,
                                is_main=context.is_main)

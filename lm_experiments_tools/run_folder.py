@@ -3,9 +3,10 @@ ends with one line naming the cause while its traceback goes to a log file in th
 
 A folder holds a run when it has any of the files a run writes once it has started (checkpoints, tensorboard
 events, results); config.json and git.diff alone are what a run that failed before its first step left, and a rerun
-reuses the folder (writing them anew). Training into it needs a decision: `resume` continues that run from its newest checkpoint, `overwrite`
-starts over and deletes those files first (only those: the folder may hold other things, and is never removed).
-Evaluation-only invocations do not call this check: they append to a finished run's results on purpose.
+reuses the folder (writing them anew). Training into it needs a decision: `resume` continues that run from its
+newest checkpoint, `overwrite` starts over and deletes those files first (only those: the folder may hold other
+things, and is never removed). Evaluation-only invocations write into the run they evaluate, appending to its
+results, or into a new folder, never over another run (`evaluation_folder`).
 
 A run resumed with `resume` keeps the settings that define it: `check_resumed_settings` refuses values that
 differ from the folder's config.json, except those a caller allows to change by design (docs/design.md,
@@ -154,9 +155,9 @@ def check_resumed_settings(folder, values: dict, may_change) -> None:
     changed = [f"{name} {saved[name]!r} -> {current[name]!r}" for name in sorted(current)
                if name in saved and name not in may_change and saved[name] != current[name]]
     if changed:
-        raise RunFolderError(f"--resume of {folder} changes the settings that define the run ({'; '.join(changed)}): "
-                             f"expected the values of its {CONFIG_FILE}, or another model_path for a new run "
-                             f"(only {', '.join(sorted(may_change))} may change)")
+        raise RunFolderError(f"--resume of {folder} changes the settings that define the run "
+                             f"({'; '.join(changed)}): expected the values of its {CONFIG_FILE}, or another "
+                             f"model_path for a new run (only {', '.join(sorted(may_change))} may change)")
 
 
 def check_writable(folder: Path) -> None:
@@ -237,7 +238,8 @@ def _is_evaluation_of(folder: Path, evaluated) -> bool:
         saved = json.loads((folder / CONFIG_FILE).read_text())["args"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return bool(saved.get("validate_only")) and Path(str(saved.get("model_cpt"))).resolve() == Path(evaluated).resolve()
+    same_run = Path(str(saved.get("model_cpt"))).resolve() == Path(evaluated).resolve()
+    return bool(saved.get("validate_only")) and same_run
 
 
 # ---- failures -------------------------------------------------------------------------------------------------

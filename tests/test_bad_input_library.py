@@ -154,7 +154,8 @@ def test_full_disk_names_the_path_and_the_last_good_checkpoint(tmp_path, monkeyp
                                 f"left on device); "
                                 f"the last good checkpoint is {good}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_5.pth"] and good.read_bytes() == good_bytes
-    with pytest.raises(CheckpointWriteError, match=r"model_5.pth: the disk is full \(No space left on device\); the last good"):
+    with pytest.raises(CheckpointWriteError,
+                       match=r"model_5.pth: the disk is full \(No space left on device\); the last good"):
         save_checkpoint(good, {"model_state_dict": {}})  # overwriting in place keeps the old file too
     assert good.read_bytes() == good_bytes
 

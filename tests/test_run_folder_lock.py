@@ -1,7 +1,6 @@
 """One writer per run folder (lm_experiments_tools.run_folder.lock_run_folder), with real processes: a second live
 run is refused naming the holder, a killed holder blocks no one, and the entry script refuses before writing."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -72,7 +71,7 @@ def test_the_entry_script_refuses_a_folder_in_use_before_writing(holder, tmp_pat
     result = subprocess.run([sys.executable, "run_finetuning_babilong_rmt.py", "--model_cfg", str(config),
                              "--input_size", "32", "--num_mem_tokens", "2", "--num_valid_samples", "2",
                              "--batch_size", "2", "--iters", "2", "--model_path", str(folder), *flags],
-                            capture_output=True, text=True, cwd=REPO_ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                            capture_output=True, text=True, cwd=REPO_ROOT)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and f"in use by another run (pid {process.pid} on " in lines[-1], result.stderr
     assert lines[-1].startswith("error: ")
