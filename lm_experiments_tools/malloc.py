@@ -3,10 +3,12 @@
 With segment checkpointing each segment's activations are recomputed in the backward pass and freed again. glibc's
 malloc raises its mmap threshold to the largest block freed (up to 32 MiB), so after the first step every activation
 comes from the heap, and each recompute-then-free cycle leaves holes around longer-lived blocks that the next
-segment's blocks do not fit: peak memory grows with the number of segments (3.2x the 1-segment peak at 16 segments,
-encoder). A fixed mmap threshold gives every large tensor pages of its own, returned to the system when freed; a
-trim threshold returns the heap's free top, and one arena per two threads at most keeps free space from spreading
-over arenas. tcmalloc and jemalloc (the launchers preload tcmalloc) need none of this and are left alone.
+segment's blocks do not fit: peak memory grows with the number of segments. A fixed mmap threshold gives every
+tensor from 256 KiB on pages of its own, returned to the system when freed (1.11x the 1-segment peak at 32 segments
+instead of 1.48x, encoder, README "Memory-bounded BPTT"; at about 1.5x the CPU time per segment, as fresh pages are
+zeroed); a trim threshold returns the heap's free top, and at most two arenas keep free space from spreading over
+arenas. tcmalloc and jemalloc (the launchers preload tcmalloc: as flat, and faster) need none of this and are left
+alone.
 """
 import ctypes
 import logging
@@ -17,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 # mallopt parameters of glibc's malloc.h
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-MMAP_THRESHOLD_BYTES = 1 << 20  # blocks from 1 MiB on (activations, gradients) are mapped and unmapped whole
+MMAP_THRESHOLD_BYTES = 256 << 10  # blocks from 256 KiB on (activations, gradients) are mapped and unmapped whole
 TRIM_THRESHOLD_BYTES = 4 << 20  # free space above this at the heap's top goes back to the system
 ARENA_MAX = 2
 OTHER_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
@@ -44,6 +46,6 @@ def tune_malloc_for_segment_checkpointing() -> bool:
     applied = all(mallopt(parameter, value) == 1 for parameter, value in (
         (M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES), (M_ARENA_MAX, ARENA_MAX)))
     if applied:
-        logger.info(f"segment checkpointing under glibc's malloc: mmap threshold {MMAP_THRESHOLD_BYTES >> 20} MiB, "
+        logger.info(f"segment checkpointing under glibc's malloc: mmap threshold {MMAP_THRESHOLD_BYTES >> 10} KiB, "
                     f"trim threshold {TRIM_THRESHOLD_BYTES >> 20} MiB, at most {ARENA_MAX} arenas")
     return applied
