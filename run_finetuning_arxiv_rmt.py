@@ -41,10 +41,12 @@ from lm_experiments_tools import Trainer, TrainerArgs, text_sources
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError, RunFailure
 from lm_experiments_tools.offline_model import load_tokenizer, small_gpt2_config
-from lm_experiments_tools.run_folder import prepare_run_folder
-from lm_experiments_tools.runs import (RunArgs, build_backbone, eval_batches, exit_on_bad_input, exit_on_failure,
-                                       help_field, load_config, load_run_weights, make_trainer, memory_type_options,
-                                       parse_args, segment_checkpointing_option, start_run, train_batches,
+from lm_experiments_tools.run_folder import (check_resumed_settings, evaluation_folder, holding_run_folders,
+                                             lock_run_folder, prepare_run_folder)
+from lm_experiments_tools.runs import (RESUME_MAY_CHANGE, RunArgs, build_backbone, eval_batches, exit_on_bad_input,
+                                       exit_on_failure, help_field, load_config, load_run_weights, make_trainer,
+                                       memory_type_options, parse_args, run_values, segment_checkpointing_option,
+                                       start_run, train_batches,
                                        write_run_config)
 from lm_experiments_tools.utils import get_cls_by_name
 from modeling_rmt.decoder import memory_positions
@@ -199,7 +201,16 @@ def setup(argv=None) -> ArxivRun:
     if not args.validate_only:
         prepare_run_folder(trainer_args.model_path, resume=trainer_args.resume, overwrite=trainer_args.overwrite,
                            is_main=context.is_main)
-    write_run_config(trainer_args, args)
+        if trainer_args.resume:
+            check_resumed_settings(trainer_args.model_path, run_values(trainer_args, args), RESUME_MAY_CHANGE)
+    elif trainer_args.model_path is not None:  # the evaluated run itself or a new folder, never another run
+        folder = evaluation_folder(trainer_args.model_path, args.model_cpt)
+        if context.is_main:
+            lock_run_folder(folder)
+    evaluates_in_place = args.validate_only and trainer_args.model_path is not None and (
+        Path(trainer_args.model_path).resolve() == Path(args.model_cpt).resolve())
+    if not evaluates_in_place:  # the evaluated run keeps the config.json it was trained with
+        write_run_config(trainer_args, args)
 
     def keep_for_metrics(batch, output):
         return block_nll(output["logits"], batch["input_ids"], batch["attention_mask"], args.segment_size,
@@ -243,12 +254,13 @@ def main(argv=None) -> dict:
     Returns:
         the results written to results.json.
     """
-    with exit_on_bad_input():
-        run = setup(argv)
-    with exit_on_failure(run.trainer_args.model_path):
-        if not run.args.validate_only:
-            run.trainer.train()
-        return evaluate(run, load_best=not run.args.validate_only)
+    with holding_run_folders():  # the run folder's one-writer lock, from setup to the end
+        with exit_on_bad_input():
+            run = setup(argv)
+        with exit_on_failure(run.trainer_args.model_path):
+            if not run.args.validate_only:
+                run.trainer.train()
+            return evaluate(run, load_best=not run.args.validate_only)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ constant memory and a progress bar per sample.
 
 A `--model_path` that already holds a run is refused unless `--resume` (continue it; a curriculum skips the
 stages that finished, i.e. have their evaluation record) or `--overwrite` (start over, deleting its checkpoints,
-events and results) is given; `--validate_only` appends to a finished run's results.
+events and results) is given. `--validate_only` appends to the evaluated run's results, or writes a new folder
+given as `--model_path`, never into another run. One run at a time writes a folder (lm_experiments_tools.run_folder).
 
 Every error ends with one line on stderr naming the cause and the log file that holds the traceback (error.log in
 the run folder): exit code 2 for bad input (flags, files, checkpoints, a `--model_cpt` made with another
@@ -55,12 +56,14 @@ from babilong.metrics import BabilongMetrics
 from babilong.results import RESULTS_FILE, append_result, read_results
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
-from lm_experiments_tools.runs import (RunArgs, bptt_depth_from_segments, bptt_segments_from_depth, build_backbone,
-                                       eval_batches, exit_on_bad_input, exit_on_failure, help_field, load_config,
-                                       load_run_weights, make_trainer, memory_type_options, parse_args,
+from lm_experiments_tools.runs import (RESUME_MAY_CHANGE, RunArgs, bptt_depth_from_segments, bptt_segments_from_depth,
+                                       build_backbone, eval_batches, exit_on_bad_input, exit_on_failure, help_field,
+                                       load_config, load_run_weights, make_trainer, memory_type_options, parse_args,
+                                       run_values,
                                        segment_checkpointing_option, start_run, train_batches, write_run_config)
 from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer, offline_model_path, small_gpt2_config
-from lm_experiments_tools.run_folder import prepare_run_folder
+from lm_experiments_tools.run_folder import (check_resumed_settings, evaluation_folder, holding_run_folders,
+                                             lock_run_folder, prepare_run_folder)
 from lm_experiments_tools.utils import CONFIG_FILE, get_cls_by_name, parse_positive_ints
 from modeling_rmt.decoder import memory_positions
 
@@ -72,6 +75,8 @@ DEFAULT_MODEL_CLS = {"encoder": "modeling_rmt:RMTEncoderForSequenceClassificatio
                      "decoder": "modeling_rmt:RecurrentWrapper"}
 DEFAULT_BACKBONE_CLS = {"encoder": "transformers:AutoModelForSequenceClassification",
                         "decoder": "transformers:AutoModelForCausalLM"}
+# what a --resume may change besides RESUME_MAY_CHANGE: shown examples, extra evaluation lengths, later stages
+BABILONG_RESUME_MAY_CHANGE = RESUME_MAY_CHANGE | {"show_valid_examples", "eval_n_segments", "curriculum"}
 LONG_SAMPLE_SEGMENTS = 32  # from this many segments on, evaluation shows a progress bar over each batch's segments
 
 
@@ -375,6 +380,16 @@ def evaluate(experiment: Experiment, stage: Stage, *, checkpoint: Path, results_
     return record
 
 
+def stage_options(trainer_args, args: BabilongArgs, stage: Stage, init_dir) -> tuple:
+    """(trainer args, BABILong args) of one curriculum stage: its run folder, its length, its initial weights."""
+    model_path = stage_folder(trainer_args.model_path, stage.n_segments)
+    stage_trainer_args = dataclasses.replace(trainer_args, model_path=None if model_path is None else str(model_path),
+                                             use_generate_on_valid=args.model_type == "decoder")
+    stage_args = dataclasses.replace(args, model_cpt=None if init_dir is None else str(init_dir),
+                                     max_n_segments=stage.n_segments, input_seq_len=stage.input_seq_len)
+    return stage_trainer_args, stage_args
+
+
 def train_stage(experiment: Experiment, stage: Stage, init_dir) -> Path:
     """Train one curriculum stage in its own run folder, starting from init_dir's best checkpoint if given.
 
@@ -382,13 +397,9 @@ def train_stage(experiment: Experiment, stage: Stage, init_dir) -> Path:
         The stage's run folder (None when model_path is None).
     """
     args, model = experiment.args, experiment.model
-    model_path = stage_folder(experiment.trainer_args.model_path, stage.n_segments)
-    experiment.run_folder = model_path
-    model_path = None if model_path is None else str(model_path)
-    stage_trainer_args = dataclasses.replace(experiment.trainer_args, model_path=model_path,
-                                             use_generate_on_valid=args.model_type == "decoder")
-    stage_args = dataclasses.replace(args, model_cpt=None if init_dir is None else str(init_dir),
-                                     max_n_segments=stage.n_segments, input_seq_len=stage.input_seq_len)
+    stage_trainer_args, stage_args = stage_options(experiment.trainer_args, args, stage, init_dir)
+    model_path = stage_trainer_args.model_path
+    experiment.run_folder = None if model_path is None else Path(model_path)
     model.max_n_segments = stage.n_segments
     if init_dir is not None:
         load_run_weights(model, init_dir)
@@ -442,12 +453,15 @@ def _trained_n_segments(model_cpt) -> int | None:
 
 
 def validate_checkpoint(experiment: Experiment, stages: list, extra: list) -> None:
-    """Evaluate model_cpt's best checkpoint at the requested length(s)."""
+    """Evaluate model_cpt's best checkpoint at the requested length(s); results go to the folder that
+    `evaluation_folder` chose in setup, which gets a config.json only when it is not the evaluated run."""
     args = experiment.args
+    results_dir = experiment.run_folder
+    if experiment.context.is_main:
+        lock_run_folder(results_dir)
     checkpoint = load_run_weights(experiment.model, args.model_cpt)
-    results_dir = experiment.trainer_args.model_path or args.model_cpt
-    experiment.run_folder = Path(results_dir)
-    write_run_config(experiment.trainer_args, args)
+    if results_dir.resolve() != Path(args.model_cpt).resolve():  # the evaluated run keeps its own config.json
+        write_run_config(dataclasses.replace(experiment.trainer_args, model_path=str(results_dir)), args)
     for stage in extra or stages:
         evaluate(experiment, stage, checkpoint=checkpoint, results_dir=results_dir,
                  trained_n_segments=_trained_n_segments(args.model_cpt))
@@ -466,10 +480,18 @@ def setup(argv=None) -> tuple:
         load_run_weights(model, args.model_cpt)  # refuses weights of another shape before any time is spent
     experiment = Experiment(args, trainer_args, model, tokenizer, task, context)
     experiment.valid_batches(stages[0])  # the background loads and the first sample builds, or fails
-    if not args.validate_only:  # every stage's folder, before the first one trains
-        for stage in stages:
-            prepare_run_folder(stage_folder(trainer_args.model_path, stage.n_segments),
-                               resume=trainer_args.resume, overwrite=trainer_args.overwrite, is_main=context.is_main)
+    if args.validate_only:
+        experiment.run_folder = evaluation_folder(trainer_args.model_path, args.model_cpt)
+    else:
+        for stage in stages:  # every training story fits its stage's length, checked before anything is written
+            experiment.train_batches(stage)
+        for stage in stages:  # every stage's folder, before the first one trains
+            folder = stage_folder(trainer_args.model_path, stage.n_segments)
+            prepare_run_folder(folder, resume=trainer_args.resume, overwrite=trainer_args.overwrite,
+                               is_main=context.is_main)
+            if trainer_args.resume:  # a finished stage too: its results belong to its own settings
+                check_resumed_settings(folder, run_values(*stage_options(trainer_args, args, stage, args.model_cpt)),
+                                       BABILONG_RESUME_MAY_CHANGE)
     logger.info(f"{args.task} ({args.model_type}): {type(model).__name__} around {backbone_name(vars(args))}, "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters, segment size {model.segment_size}, "
                 f"{args.num_mem_tokens} memory tokens, stages {[s.n_segments for s in stages]}")
@@ -479,13 +501,14 @@ def setup(argv=None) -> tuple:
 def main(argv=None):
     """Train the curriculum (or evaluate --model_cpt); every error ends with one line on stderr, exit code 2 for
     bad input and 1 for failures at run time."""
-    with exit_on_bad_input():
-        experiment, stages, extra = setup(argv)
-    with exit_on_failure(lambda: experiment.run_folder):
-        if experiment.args.validate_only:
-            validate_checkpoint(experiment, stages, extra)
-        else:
-            run_curriculum(experiment, stages, extra)
+    with holding_run_folders():  # each run folder's one-writer lock, from setup to the end
+        with exit_on_bad_input():
+            experiment, stages, extra = setup(argv)
+        with exit_on_failure(lambda: experiment.run_folder):
+            if experiment.args.validate_only:
+                validate_checkpoint(experiment, stages, extra)
+            else:
+                run_curriculum(experiment, stages, extra)
 
 
 if __name__ == "__main__":

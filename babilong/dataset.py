@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer
 
 from .background import BackgroundCorpus, load_background
@@ -188,7 +189,37 @@ class BABILongDataset(Dataset):
         _check_positive_int("num_samples", self.num_samples)
         if model_type == "decoder":
             self._gen_ids, self._eos_ids = self._generation_markers()
+        self._check_task_tokens_fit()
         self.build(0)  # fail now, not inside a data loader worker, when the length cannot hold the task
+
+    def _check_task_tokens_fit(self) -> None:
+        """Refuse an input_seq_len that some sample's facts and question do not fit in, naming the longest sample.
+
+        Every sample of a task with a finite sample list (bAbI) is measured, so that a long story fails here and
+        not at run time; generated tasks are checked on their first sample (build(0)).
+        """
+        n_distinct = self.task.num_samples(self.split)
+        if n_distinct is None:
+            return
+        lengths = {}  # token count per sentence: bAbI stories repeat a few hundred sentences
+
+        def tokens(text: str) -> int:
+            if text not in lengths:
+                lengths[text] = len(_encode(self.tokenizer, text))
+            return lengths[text]
+
+        longest, index = max((sum(map(tokens, sample.facts)) + tokens(sample.question), index) for index, sample in
+                             ((i, self.task.draw(self._rng(i), i, self.split))
+                              for i in range(min(n_distinct, self.num_samples))))
+        if longest > self.input_seq_len:
+            raise BadInputError(f"{self.task.name} {self.split} sample {index} has {longest} task tokens (its story "
+                                f"facts and question), more than input_seq_len={self.input_seq_len}: expected "
+                                f"input_seq_len >= {longest} (more segments or a larger input_size), or "
+                                "--max_n_facts to drop long stories")
+
+    def _rng(self, index: int) -> np.random.Generator:
+        """The generator of sample `index`: a pure function of (seed, split, index)."""
+        return np.random.default_rng([self.seed, SPLITS.index(self.split), index])
 
     def _generation_markers(self):
         return _encode(self.tokenizer, GEN_TEXT), np.array([eos_token_id(self.tokenizer)], dtype=np.int64)
@@ -198,7 +229,7 @@ class BABILongDataset(Dataset):
 
     def build(self, index: int) -> BuiltSample:
         """Sample `index` with its facts and their positions (what the model sees, before targets)."""
-        rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index])
+        rng = self._rng(index)
         task_sample = self.task.draw(rng, index, self.split)
         return build_sample(task_sample, self.corpus, self.tokenizer, self.input_seq_len, rng,
                             self.placement, self.segment_size)

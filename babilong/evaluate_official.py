@@ -30,7 +30,7 @@ import csv
 import json
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +39,7 @@ import torch
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer
-from lm_experiments_tools.runs import LOG_FORMAT, exit_on_bad_input, load_run_weights
+from lm_experiments_tools.runs import LOG_FORMAT, exit_on_bad_input, load_run_weights, registered_class
 from lm_experiments_tools.utils import CONFIG_FILE
 
 from .dataset import GEN_TEXT, pad_sequences
@@ -61,6 +61,12 @@ TASK_LABELS = {
     "qa10": ("maybe", "no", "yes"),
 }
 LEADERBOARD_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
+# what a run folder's config.json may give the model builder: the architecture and the task's answer labels. Nothing
+# else is read from it, and its class names must be registered (lm_experiments_tools.runs.registered_class).
+ARCHITECTURE_ARGS = ("task", "babi_path", "max_n_facts", "model_type", "from_pretrained", "model_cfg", "tokenizer",
+                     "model_cls", "backbone_cls", "memory_cell_cls", "input_size", "num_mem_tokens", "max_n_segments",
+                     "bptt_depth", "sum_loss", "segment_alignment", "memory_type", "d_mem")
+CLASS_ARGS = ("model_cls", "backbone_cls", "memory_cell_cls")
 FIELDS = ("input", "question", "target")
 OUTPUT_CUTS = ("<context>", "<example>")
 CSV_COLUMNS = ("target", "output", "question")
@@ -107,27 +113,66 @@ def _local_configs(folder: Path) -> list:
 
 
 def load_split(dataset: str, length: str, task: str):
-    """The `task` split of configuration `length` of a hub dataset or a local folder of save_to_disk sets."""
+    """The `task` split of configuration `length` of a hub dataset or a local folder of save_to_disk sets, checked
+    to have rows of text (`check_rows`)."""
     import datasets  # imported here: only this path needs it
     folder = Path(dataset)
     if folder.is_dir():
-        if not (folder / length / "dataset_dict.json").is_file():
-            raise BadInputError(f"length {length!r}: {dataset} has no save_to_disk DatasetDict {length}/; expected "
-                                f"one of {_local_configs(folder)}")
-        splits = datasets.load_from_disk(str(folder / length))
+        split = _load_local_split(folder, dataset, length, task)
     else:
         try:
             splits = datasets.load_dataset(dataset, length)
         except (ValueError, FileNotFoundError) as error:
             raise BadInputError(f"--dataset {dataset!r} length {length!r}: cannot load it ({error}); expected a hub "
                                 "dataset with that configuration or a local folder") from error
-    if task not in splits:
-        raise BadInputError(f"task {task!r}: {dataset} {length} has no such split; expected one of {list(splits)}")
-    missing = [name for name in FIELDS if name not in splits[task].column_names]
+        if task not in splits:
+            raise BadInputError(f"task {task!r}: {dataset} {length} has no such split; expected one of "
+                                f"{list(splits)}")
+        split = splits[task]
+    missing = [name for name in FIELDS if name not in split.column_names]
     if missing:
         raise BadInputError(f"{dataset} {length} {task}: missing field(s) {missing}; expected fields "
-                            f"{', '.join(FIELDS)}, got {splits[task].column_names}")
-    return splits[task]
+                            f"{', '.join(FIELDS)}, got {split.column_names}")
+    check_rows(split, f"{dataset} {length} {task}")
+    return split
+
+
+def _load_local_split(folder: Path, dataset: str, length: str, task: str):
+    """One split of the save_to_disk DatasetDict folder/length, read alone: a split saved without rows has no data
+    file, which datasets.load_from_disk fails on with an IndexError."""
+    import datasets
+    config = folder / length
+    if not (config / "dataset_dict.json").is_file():
+        raise BadInputError(f"length {length!r}: {dataset} has no save_to_disk DatasetDict {length}/; expected "
+                            f"one of {_local_configs(folder)}")
+    names = json.loads((config / "dataset_dict.json").read_text()).get("splits", [])
+    if task not in names:
+        raise BadInputError(f"task {task!r}: {dataset} {length} has no such split; expected one of {names}")
+    state = json.loads((config / task / "state.json").read_text())
+    if not state.get("_data_files"):
+        raise BadInputError(f"{dataset} {length} {task}: the split has no rows: expected at least one sample")
+    return datasets.load_from_disk(str(config / task))
+
+
+def check_rows(split, name: str) -> None:
+    """Refuse a split without rows, or with a row whose input, question or target is not text (None), naming the
+    first such row; the check reads the Arrow columns' null masks, not the texts.
+
+    Args:
+        split: a datasets.Dataset with the FIELDS.
+        name: the dataset, length and split, as errors name them.
+    """
+    import pyarrow.compute as pc  # a datasets dependency, needed only here
+    if len(split) == 0:
+        raise BadInputError(f"{name}: the split has no rows: expected at least one sample")
+    for field in FIELDS:
+        column = split.data.column(field)
+        if column.null_count:
+            row = pc.index(pc.is_null(column), True).as_py()
+            raise BadInputError(f"{name} row {row}: {field} is None: expected text in every row's "
+                                f"{', '.join(FIELDS)}")
+        if not str(column.type).endswith("string"):
+            raise BadInputError(f"{name}: field {field} holds {column.type}: expected text")
 
 
 # ---- evaluation -----------------------------------------------------------------------------------------------
@@ -227,7 +272,8 @@ def evaluate(dataset: str, splits: dict, predictor: Predictor, out_dir, max_samp
 def load_run(run_dir: str):
     """(run arguments, tokenizer, model with model_best.pth loaded, answer labels) of a BABILong run folder.
 
-    The model is built as the entry script builds it, from the arguments saved in the run's config.json.
+    The model is built as the entry script builds it, from the architecture arguments (ARCHITECTURE_ARGS) saved in
+    the run's config.json; the classes it names must be registered, so that a downloaded folder cannot run code.
     """
     import run_finetuning_babilong_rmt as babilong_run  # the BABILong options and model building
     config_file = Path(run_dir) / CONFIG_FILE
@@ -235,8 +281,10 @@ def load_run(run_dir: str):
         raise BadInputError(f"--model_cpt {run_dir!r}: expected a run folder with {CONFIG_FILE} and "
                             f"{BEST_CHECKPOINT_NAME} (written by run_finetuning_babilong_rmt.py --save_best)")
     saved = json.loads(config_file.read_text()).get("args", {})
-    names = {f.name for f in fields(babilong_run.BabilongArgs)}
-    args = babilong_run.BabilongArgs(**{k: v for k, v in saved.items() if k in names})
+    args = babilong_run.BabilongArgs(**{name: saved[name] for name in ARCHITECTURE_ARGS if name in saved})
+    for name in CLASS_ARGS:
+        if getattr(args, name) is not None:
+            registered_class(getattr(args, name), f"{config_file} {name}")
     tokenizer = load_tokenizer(args.tokenizer or args.from_pretrained)  # as the entry script loads it
     labels = get_task(args.task, args.babi_path, args.max_n_facts).labels
     model = babilong_run.build_model(args, tokenizer, len(labels))

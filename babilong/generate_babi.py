@@ -9,8 +9,10 @@ answer and every supporting id is correct by construction. The same seed gives b
         --n_train 10000 --n_test 1000 --seed 0
 
 writes OUT/tasks_1-20_v1-2/en-10k/qa{N}_<name>_{train,test}.txt; `--babi_path OUT` then reads them. Story
-shapes (facts and questions per story) are given in STORY_SHAPES and in data/README.md. Bad input (unknown
-task, counts < 1) stops with one line and exit code 2.
+shapes (facts and questions per story) are given in STORY_SHAPES and in data/README.md. Stories are written as they
+are made (memory does not grow with the counts), at most MAX_QUESTIONS questions per file. Files already in OUT are
+kept unless `--overwrite`. Bad input (unknown or empty task, counts outside 1..MAX_QUESTIONS, a negative seed, an
+OUT that is a file, files already there) stops with one line and exit code 2.
 """
 import argparse
 import os
@@ -20,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from lm_experiments_tools.errors import BadInputError
+from lm_experiments_tools.errors import BAD_INPUT_EXIT_CODE, BadInputError
 
 from .tasks import ACTIONS, BABI_SUBFOLDER, NAMES, OPPOSITE_DIRECTION, PLACES
 
@@ -50,6 +52,7 @@ class StoryShape:
 STORY_SHAPES = {"qa1": StoryShape(5, 2, 2), "qa2": StoryShape(5, 2, 4), "qa3": StoryShape(5, 3, 6),
                 "qa4": StoryShape(1, 2, 2), "qa5": StoryShape(5, 2, 4)}
 SPLIT_IDS = {"train": 0, "test": 1}
+MAX_QUESTIONS = 10_000_000  # per task and split: 1,000 times en-10k, about 1 GB of qa3 text
 
 
 @dataclass
@@ -295,15 +298,20 @@ def make_story(rng, task: str, n_questions: int) -> Story:
 
 # ---- files -----------------------------------------------------------------------------------------------------
 
-def generate_lines(task: str, n_questions: int, seed: int, split: str) -> list:
-    """bAbI lines of `n_questions` questions of `task`; a pure function of (task, n_questions, seed, split)."""
+def iter_lines(task: str, n_questions: int, seed: int, split: str):
+    """bAbI lines of `n_questions` questions of `task`, one story at a time; a pure function of (task, n_questions,
+    seed, split)."""
     rng = np.random.default_rng([seed, GENERATED_TASKS.index(task), SPLIT_IDS[split]])
-    lines, per_story = [], STORY_SHAPES[task].questions
+    per_story = STORY_SHAPES[task].questions
     while n_questions > 0:
         story = make_story(rng, task, min(per_story, n_questions))
         n_questions -= min(per_story, n_questions)
-        lines += story.format()
-    return lines
+        yield from story.format()
+
+
+def generate_lines(task: str, n_questions: int, seed: int, split: str) -> list:
+    """The lines of `iter_lines` as a list."""
+    return list(iter_lines(task, n_questions, seed, split))
 
 
 def task_file(out_dir: str, task: str, split: str) -> str:
@@ -311,28 +319,68 @@ def task_file(out_dir: str, task: str, split: str) -> str:
 
 
 def parse_tasks(value: str) -> list:
-    tasks = [name.strip() for name in value.split(",") if name.strip()]
+    tasks = [name.strip() for name in value.split(",")]
     unknown = [name for name in tasks if name not in GENERATED_TASKS]
-    if unknown or not tasks:
-        raise BadInputError(f"--tasks {value!r}: unknown task(s) {unknown}; expected a comma-separated subset of "
-                            f"{','.join(GENERATED_TASKS)}")
+    if unknown:
+        raise BadInputError(f"--tasks {value!r}: unknown or empty task(s) {unknown}; expected a comma-separated "
+                            f"subset of {','.join(GENERATED_TASKS)}")
     return tasks
 
 
-def generate(out_dir: str, tasks, n_train: int, n_test: int, seed: int) -> list:
-    """Write the train and test files of each task under out_dir; returns their paths."""
+def check_request(out_dir: str, tasks, n_train: int, n_test: int, seed: int, overwrite: bool) -> None:
+    """Refuse, before anything is written, counts or a seed that cannot be generated and an out_dir that is a file
+    or already holds the files (unless overwrite)."""
     for name, value in (("--n_train", n_train), ("--n_test", n_test)):
-        if value < 1:
-            raise BadInputError(f"{name} {value}: expected a number of questions >= 1")
+        if not 1 <= value <= MAX_QUESTIONS:
+            raise BadInputError(f"{name} {value}: expected a number of questions from 1 to {MAX_QUESTIONS:,}")
+    if seed < 0:
+        raise BadInputError(f"--seed {seed}: expected an integer >= 0")
+    existing = [parent for parent in (out_dir, *_parents(task_file(out_dir, tasks[0], "train"), out_dir))
+                if os.path.exists(parent) and not os.path.isdir(parent)]
+    if existing:
+        raise BadInputError(f"--out {out_dir!r}: {existing[0]} is a file: expected a folder (or a path to create)")
+    present = [path for task in tasks for split in SPLIT_IDS if os.path.exists(path := task_file(out_dir, task, split))]
+    if present and not overwrite:
+        raise BadInputError(f"--out {out_dir!r} already holds {len(present)} of these files ({present[0]}, ...): "
+                            "expected another --out, or --overwrite to replace them")
+
+
+def _parents(path: str, top: str) -> list:
+    """The folders between `top` (excluded) and `path` (excluded), outermost first."""
+    parents, folder = [], os.path.dirname(path)
+    while os.path.normpath(folder) != os.path.normpath(top) and folder:
+        parents.append(folder)
+        folder = os.path.dirname(folder)
+    return parents[::-1]
+
+
+def write_lines(path: str, lines) -> None:
+    """Write `lines` to `path` through a temporary file renamed over it, so that a failure leaves no partial file."""
+    temp = path + ".tmp"
+    try:
+        with open(temp, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line + "\n")
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+def generate(out_dir: str, tasks, n_train: int, n_test: int, seed: int, overwrite: bool = False) -> list:
+    """Write the train and test files of each task under out_dir; returns their paths.
+
+    Raises:
+        BadInputError: see `check_request`.
+    """
+    check_request(out_dir, tasks, n_train, n_test, seed, overwrite)
     written = []
     for task in tasks:
         for split, n_questions in (("train", n_train), ("test", n_test)):
             path = task_file(out_dir, task, split)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            text = "\n".join(generate_lines(task, n_questions, seed, split)) + "\n"
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
+            write_lines(path, iter_lines(task, n_questions, seed, split))
             written.append(path)
     return written
 
@@ -341,19 +389,26 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="Folder to write tasks_1-20_v1-2/en-10k/ into")
     parser.add_argument("--tasks", default=",".join(GENERATED_TASKS), help="Comma-separated tasks among qa1..qa5")
-    parser.add_argument("--n_train", type=int, default=10_000, help="Training questions per task (en-10k: 10000)")
-    parser.add_argument("--n_test", type=int, default=1_000, help="Test questions per task (en-10k: 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="The files are a pure function of the seed")
+    parser.add_argument("--n_train", type=int, default=10_000,
+                        help=f"Training questions per task (en-10k: 10000; at most {MAX_QUESTIONS:,})")
+    parser.add_argument("--n_test", type=int, default=1_000,
+                        help=f"Test questions per task (en-10k: 1000; at most {MAX_QUESTIONS:,})")
+    parser.add_argument("--seed", type=int, default=0, help="The files are a pure function of the seed (>= 0)")
+    parser.add_argument("--overwrite", action="store_true", help="Replace files already in --out")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        paths = generate(args.out, parse_tasks(args.tasks), args.n_train, args.n_test, args.seed)
+        paths = generate(args.out, parse_tasks(args.tasks), args.n_train, args.n_test, args.seed, args.overwrite)
     except BadInputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except OSError as error:  # the folder cannot be created or written (permissions, a full disk)
+        print(f"error: cannot write into --out {args.out!r} ({error.strerror}): expected a writable folder",
+              file=sys.stderr)
+        sys.exit(BAD_INPUT_EXIT_CODE)
     for path in paths:
         print(path)
 

@@ -11,10 +11,16 @@ holds at least RESULT_FIELDS:
 - n_samples: number of samples evaluated;
 - checkpoint: the checkpoint file evaluated;
 and may add more (trained_n_segments, n_labels, model, seconds, ...). `python -m babilong.plot` reads them.
+
+A crash in the middle of an append can leave a torn last line (a record cut short). Appends never glue onto one
+(a record starts on a new line), and every reader goes through `read_results`, which skips torn lines with a warning.
 """
 import json
+import logging
 import os
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 RESULT_FIELDS = ("task", "n_segments", "input_seq_len", "accuracy", "n_samples", "checkpoint")
@@ -35,28 +41,39 @@ def append_result(run_dir, record: dict) -> Path:
         raise ValueError(f"result record lacks {missing}: expected the fields {list(RESULT_FIELDS)}")
     path = Path(run_dir) / RESULTS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    # one write of one line: concurrent appenders never interleave inside a record
-    with open(path, "a", encoding="utf-8") as file:
-        file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        file.flush()
+    data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    with open(path, "a+b", buffering=0) as file:
+        if file.seek(0, os.SEEK_END) > 0:
+            file.seek(-1, os.SEEK_END)
+            if file.read(1) != b"\n":  # a torn last record: start on a new line rather than glue onto it
+                data = b"\n" + data
+        # one write of whole lines: concurrent appenders never interleave inside a record
+        written = file.write(data)
+        while written < len(data):  # a short write (a signal) continues where it stopped
+            written += file.write(data[written:])
         os.fsync(file.fileno())
     return path
 
 
 def read_results(path) -> list:
-    """Records of one results file, in the order they were appended.
+    """Records of one results file, in the order they were appended; torn lines (a record cut short by a crash:
+    it begins like one but is not whole JSON) are skipped with a warning naming the file and line.
 
     Raises:
         ValueError: a line is not a JSON object with RESULT_FIELDS (names the file and line).
     """
     records = []
-    with open(path, encoding="utf-8") as file:
+    with open(path, encoding="utf-8", errors="replace") as file:
         for line_no, line in enumerate(file, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
+                if line.lstrip().startswith("{"):
+                    logger.warning(f"{path}:{line_no}: skipping a torn record (cut short by a crash while it was "
+                                   f"written: {error.msg})")
+                    continue
                 raise ValueError(f"{path}:{line_no}: not JSON ({error.msg}); expected one result object a line") \
                     from error
             if not isinstance(record, dict) or any(name not in record for name in RESULT_FIELDS):

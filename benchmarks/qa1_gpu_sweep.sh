@@ -124,7 +124,7 @@ sweep_lengths() {
     wait
 }
 
-python -m babilong.generate_babi --out "$BABI_PATH" --tasks qa1 --n_train 10000 --n_test 1000 --seed 0 \
+python -m babilong.generate_babi --out "$BABI_PATH" --tasks qa1 --n_train 10000 --n_test 1000 --seed 0 --overwrite \
     >"$WORK/logs/generate.log" 2>&1 || { cat "$WORK/logs/generate.log"; exit 1; }
 "sweep_$SWEEP"
 

@@ -26,6 +26,8 @@ import time
 
 import torch
 
+from lm_experiments_tools.malloc import tune_malloc_for_segment_checkpointing
+
 INPUT_SIZE = 512
 NUM_MEM_TOKENS = 10
 FIRST_CONTENT_ID = 1000  # random tokens from here on avoid [CLS]/[SEP]/[PAD] and [unused] ids
@@ -67,6 +69,9 @@ def parse_args(argv=None):
     parser.add_argument("--model", choices=MODELS, default="encoder", help=argparse.SUPPRESS)
     parser.add_argument("--segment_checkpointing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no_malloc_tuning", action="store_true",
+                        help="checkpointed workers under glibc's malloc keep its defaults instead of the settings the "
+                             "entry scripts apply (lm_experiments_tools.malloc), to show what they change")
     args = parser.parse_args(argv)
     counts = args.memory_segments + args.training_segments + args.checkpointing_segments
     if min(args.threads, args.repeats, args.checkpointing_repeats, args.full_bptt_max_segments, *counts) < 1:
@@ -204,6 +209,7 @@ def run_overhead(args):
 def worker(args):
     """Measure one setting in this process and print one JSON line."""
     torch.set_num_threads(args.threads)
+    tuned = args.segment_checkpointing and not args.no_malloc_tuning and tune_malloc_for_segment_checkpointing()
     if args.worker == "inference":
         wrapper = build_wrapper(args.n_segments).eval()
         input_ids = random_input(wrapper, args.n_segments)
@@ -220,7 +226,7 @@ def worker(args):
     seconds, cpu_seconds = time_call(lambda: step(args.n_segments))
     print(json.dumps({"n_segments": args.n_segments, "peak_rss_mib": process_memory_mib("VmHWM"),
                       "setup_rss_mib": rss_before, "seconds": seconds, "cpu_seconds": cpu_seconds,
-                      "allocator": loaded_allocator()}))
+                      "allocator": loaded_allocator(), "glibc_tuned": tuned}))
 
 
 def measure_in_subprocess(kind, n_segments, threads, extra=(), malloc_preload=""):
@@ -294,6 +300,7 @@ def checkpointing_runs(args, model):
                     continue
                 extra = ["--model", model, "--decoder_input_size", str(args.decoder_input_size), "--warmup"]
                 extra += ["--segment_checkpointing"] if checkpointed else []
+                extra += ["--no_malloc_tuning"] if args.no_malloc_tuning else []
                 preload = args.malloc_preload if checkpointed else ""
                 row = measure_in_subprocess("training", n, args.threads, extra, malloc_preload=preload)
                 runs.setdefault((checkpointed, n), []).append(row)

@@ -3,9 +3,11 @@
 A kill at any moment leaves either the previous file or the new one, never a truncated file: the dict is written
 to a temporary file in the same folder, flushed to disk and renamed over the target (`os.replace` is atomic on
 POSIX and Windows when both names are on one file system). A write that fails (a full disk) removes its
-temporary file and raises `CheckpointWriteError` naming the target and the last good checkpoint beside it.
+temporary file and raises `CheckpointWriteError` naming the target and the last good checkpoint beside it; a full
+disk is named as such even though torch's zip writer reports it only as "unexpected pos" (see `_RecordingFile`).
 `find_latest_checkpoint(folder, loadable=True)` skips damaged files with a warning naming each one.
 """
+import errno
 import logging
 import os
 import re
@@ -22,6 +24,7 @@ BEST_CHECKPOINT_NAME = "model_best.pth"
 ITERATION_CHECKPOINT_PATTERN = re.compile(r"model_(\d+)\.pth")
 REQUIRED_KEYS = ("model_state_dict",)
 MAX_KEYS_IN_ERROR = 5
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 CHECKPOINT_FILE_MODE = 0o644
 # what torch.load(weights_only=True) names when it refuses a pickle that would import or run something
 UNSAFE_GLOBAL_PATTERN = re.compile(r"unsupported global:?\s+(?:GLOBAL\s+)?([\w.]+)", re.IGNORECASE)
@@ -51,6 +54,24 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+class _RecordingFile:
+    """A binary file that remembers the OSError of a failed write: torch's zip writer catches it and raises a
+    RuntimeError that only says "unexpected pos", which would hide a full disk."""
+
+    def __init__(self, file):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def save_checkpoint(path, state: dict) -> Path:
     """Write `state` to `path` atomically: temporary file in the same folder, fsync, rename.
 
@@ -71,10 +92,12 @@ def save_checkpoint(path, state: dict) -> Path:
         fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
         raise _write_error(path, error) from error
+    recording = None
     try:
         os.chmod(temp_name, CHECKPOINT_FILE_MODE)  # mkstemp makes owner-only files; checkpoints are shared
         with os.fdopen(fd, "wb") as file:
-            torch.save(state, file)
+            recording = _RecordingFile(file)
+            torch.save(state, recording)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp_name, path)
@@ -83,6 +106,8 @@ def save_checkpoint(path, state: dict) -> Path:
         Path(temp_name).unlink(missing_ok=True)
         if isinstance(error, OSError):
             raise _write_error(path, error) from error
+        if isinstance(error, RuntimeError) and recording is not None and recording.error is not None:
+            raise _write_error(path, recording.error) from error
         raise
     return path
 
@@ -94,7 +119,8 @@ def _write_error(path: Path, error: OSError) -> CheckpointWriteError:
     except (OSError, CheckpointError):  # the folder may be unreadable, or hold only damaged checkpoints
         latest = None
     last_good = f"the last good checkpoint is {latest}" if latest else "no earlier checkpoint in that folder"
-    return CheckpointWriteError(f"cannot write checkpoint {path} ({error.strerror or error}); {last_good}")
+    cause = f"the disk is full ({error.strerror})" if error.errno in DISK_FULL_ERRNOS else error.strerror or error
+    return CheckpointWriteError(f"cannot write checkpoint {path}: {cause}; {last_good}")
 
 
 def _load_failure_reason(error: Exception) -> str:

@@ -1,10 +1,21 @@
 """Run folders: a training run never lands silently in a folder that already holds another one, and a failed run
 ends with one line naming the cause while its traceback goes to a log file in the folder.
 
-A folder holds a run when it has any of the files a run writes (checkpoints, tensorboard events, config.json,
-results). Training into it needs a decision: `resume` continues that run from its newest checkpoint, `overwrite`
-starts over and deletes those files first (only those: the folder may hold other things, and is never removed).
-Evaluation-only invocations do not call this check: they append to a finished run's results on purpose.
+A folder holds a run when it has any of the files a run writes once it has started (checkpoints, tensorboard
+events, results); config.json and git.diff alone are what a run that failed before its first step left, and a rerun
+reuses the folder (writing them anew). Training into it needs a decision: `resume` continues that run from its
+newest checkpoint, `overwrite` starts over and deletes those files first (only those: the folder may hold other
+things, and is never removed). Evaluation-only invocations write into the run they evaluate, appending to its
+results, or into a new folder, never over another run (`evaluation_folder`).
+
+A run resumed with `resume` keeps the settings that define it: `check_resumed_settings` refuses values that
+differ from the folder's config.json, except those a caller allows to change by design (docs/design.md,
+"Training, checkpoints and resume").
+
+One writer per folder: the main process of a run holds an exclusive lock (`fcntl.flock` on RUN_LOCK_NAME in the
+folder, which names the holder's pid and host) from before its first write until it ends, whichever way it ends.
+The OS drops the lock of a process that dies, so a killed run never blocks the next one; a second live run is
+refused with one line naming the holder.
 
 `exit_with_one_line` is what an entry script's `main()` runs inside: any exception becomes one line on stderr
 ("error: <cause> (traceback: <log file>)") and an exit code, 2 for bad input (`BadInputError`, and the types the
@@ -14,8 +25,11 @@ before the run folder exists (a refused flag) needs no traceback and gets none.
 """
 import contextlib
 import errno
+import fcntl
+import json
 import logging
 import os
+import platform
 import sys
 import tempfile
 import threading
@@ -28,7 +42,7 @@ import torch.distributed as dist
 
 from .checkpoint import CheckpointError, find_latest_checkpoint
 from .errors import BAD_INPUT_EXIT_CODE, RUN_FAILURE_EXIT_CODE, BadInputError
-from .utils import destroy_distributed
+from .utils import CONFIG_FILE, GIT_DIFF_FILE, destroy_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +50,7 @@ ERROR_LOG_NAME = "error.log"  # tracebacks of failures, appended; not a run file
 RUN_FILE_PATTERNS = ("model_*.pth", ".model_*.pth.*.tmp", "events.out.tfevents.*", "config.json", "git.diff",
                      "results.json", "results.jsonl")
 MAX_NAMES_IN_ERROR = 4
+RUN_LOCK_NAME = ".run.lock"  # not a run file: a run that never took a step leaves a folder a rerun may reuse
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -43,18 +58,106 @@ class RunFolderError(BadInputError):
     """The run folder holds another run and neither resume nor overwrite was given (or both were)."""
 
 
+class RunFolderLockedError(RunFolderError):
+    """Another live process holds the run folder's lock: two runs would write one folder."""
+
+
+_held_locks = {}  # resolved folder -> the open lock file whose flock this process holds
+
+
+def lock_run_folder(folder) -> None:
+    """Hold the one-writer lock of `folder` until `release_run_folders()` or the end of the process.
+
+    The folder is created if needed; the lock file then names this process. Taking a lock this process already
+    holds does nothing (a curriculum stage is prepared, then trained).
+
+    Raises:
+        RunFolderLockedError: another live process holds the lock (named by the pid and host it wrote).
+    """
+    folder = Path(folder)
+    key = folder.resolve()
+    if key in _held_locks:
+        return
+    check_writable(folder)
+    file = open(folder / RUN_LOCK_NAME, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        holder = file.read().strip() or "a process that has not named itself yet"
+        file.close()
+        raise RunFolderLockedError(f"model_path {folder} is in use by another run ({holder}): expected one run per "
+                                   "folder; wait for that run to end, stop it, or choose another model_path") from None
+    file.seek(0)
+    file.truncate()
+    file.write(f"pid {os.getpid()} on {platform.node()}\n")
+    file.flush()
+    _held_locks[key] = file
+
+
+def release_run_folders() -> None:
+    """Release every run folder lock this process holds (the lock files stay; they name no one then)."""
+    for file in _held_locks.values():
+        file.close()  # closing the last descriptor of the open file drops its flock
+    _held_locks.clear()
+
+
+@contextlib.contextmanager
+def holding_run_folders():
+    """Context of a run: the run folder locks taken inside are released when it ends, whichever way it ends."""
+    try:
+        yield
+    finally:
+        release_run_folders()
+
+
 def run_files(folder) -> list[Path]:
-    """The files of a previous run in `folder` (sorted), [] when it has none or does not exist."""
+    """The files of a previous run in `folder` (sorted); [] when it has none, does not exist, or holds only the
+    config.json and git.diff of a run that failed before its first step (the Trainer opens its events file at its
+    first log)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted({path for pattern in RUN_FILE_PATTERNS for path in folder.glob(pattern) if path.is_file()})
+    files = sorted({path for pattern in RUN_FILE_PATTERNS for path in folder.glob(pattern) if path.is_file()})
+    return [] if all(path.name in (CONFIG_FILE, GIT_DIFF_FILE) for path in files) else files
 
 
 def _describe(files: list[Path]) -> str:
     names = [path.name for path in files]
     more = f" and {len(names) - MAX_NAMES_IN_ERROR} more" if len(names) > MAX_NAMES_IN_ERROR else ""
     return ", ".join(names[:MAX_NAMES_IN_ERROR]) + more
+
+
+def check_resumed_settings(folder, values: dict, may_change) -> None:
+    """Refuse to resume the run in `folder` with settings other than its own.
+
+    Nothing is checked when the folder holds nothing to resume from (no checkpoint, events or results, only the
+    config.json and git.diff of a run that stopped before its first step): resuming then starts a new run.
+
+    Args:
+        folder: the run folder.
+        values: the settings the resumed run would write to config.json (its "args").
+        may_change: names whose values may differ by design (e.g. iters, to extend a run; logging intervals).
+
+    Raises:
+        RunFolderError: the folder's config.json is unreadable, or a setting differs (all differences listed).
+    """
+    folder = Path(folder)
+    config_file = folder / CONFIG_FILE
+    if not config_file.is_file() or not run_files(folder):
+        return
+    try:
+        saved = json.loads(config_file.read_text())["args"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RunFolderError(f"--resume: {config_file} is unreadable ({error}): expected the config.json the run "
+                             "wrote, to check that it resumes with its own settings") from error
+    current = json.loads(json.dumps(values, default=str))  # as config.json stores them
+    changed = [f"{name} {saved[name]!r} -> {current[name]!r}" for name in sorted(current)
+               if name in saved and name not in may_change and saved[name] != current[name]]
+    if changed:
+        raise RunFolderError(f"--resume of {folder} changes the settings that define the run "
+                             f"({'; '.join(changed)}): expected the values of its {CONFIG_FILE}, or another "
+                             f"model_path for a new run (only {', '.join(sorted(may_change))} may change)")
 
 
 def check_writable(folder: Path) -> None:
@@ -75,7 +178,7 @@ def check_writable(folder: Path) -> None:
 
 def prepare_run_folder(folder, *, resume: bool, overwrite: bool, is_main: bool = True) -> None:
     """Refuse a folder that holds a run unless told what to do with it; with `overwrite`, empty it of that run.
-    The folder is created and checked for writing (on the main process).
+    The folder is created and checked for writing, and its lock taken (on the main process, before any write).
 
     Args:
         folder: the run folder (`model_path`); None (nothing written) is always fine.
@@ -86,6 +189,7 @@ def prepare_run_folder(folder, *, resume: bool, overwrite: bool, is_main: bool =
 
     Raises:
         RunFolderError: the folder holds a run and neither flag is given, or both flags are given.
+        RunFolderLockedError: another run is writing to the folder.
     """
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite are both given: expected at most one (continue the run "
@@ -100,12 +204,42 @@ def prepare_run_folder(folder, *, resume: bool, overwrite: bool, is_main: bool =
         dist.barrier()  # every process has looked before the main one deletes or writes anything
     if not is_main:
         return
-    check_writable(Path(folder))
+    lock_run_folder(folder)
     if files and overwrite:
         for path in files:
             path.unlink(missing_ok=True)
         logger.warning(f"--overwrite: deleted {len(files)} files of the previous run in {folder} "
                        f"({_describe(files)})")
+
+
+def evaluation_folder(folder, evaluated) -> Path:
+    """The folder an evaluation-only run of the run folder `evaluated` writes to: the evaluated run itself (when
+    `folder` is None or the same folder), or a new or empty folder, never over another run. The writer takes its
+    lock (`lock_run_folder`) before writing.
+
+    A folder written by an earlier evaluation of the same run (its config.json has validate_only and the same
+    model_cpt) is not another run: evaluating again appends to its results.
+
+    Raises:
+        RunFolderError: `folder` holds another run.
+    """
+    target = Path(evaluated if folder is None else folder)
+    if target.resolve() != Path(evaluated).resolve():
+        files = run_files(target)
+        if files and not _is_evaluation_of(target, evaluated):
+            raise RunFolderError(f"--validate_only --model_cpt {evaluated} --model_path {folder}: model_path holds "
+                                 f"another run ({_describe(files)}); expected no --model_path (results go to the "
+                                 "evaluated run), model_path equal to model_cpt, or a new or empty folder")
+    return target
+
+
+def _is_evaluation_of(folder: Path, evaluated) -> bool:
+    try:
+        saved = json.loads((folder / CONFIG_FILE).read_text())["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    same_run = Path(str(saved.get("model_cpt"))).resolve() == Path(evaluated).resolve()
+    return bool(saved.get("validate_only")) and same_run
 
 
 # ---- failures -------------------------------------------------------------------------------------------------

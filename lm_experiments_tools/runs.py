@@ -22,6 +22,7 @@ last that many segments, `FULL_BPTT` for all); the user-facing flags keep their 
 `--bptt_depth` counts memory transitions, one fewer) and are converted once, by `bptt_segments_from_depth`.
 """
 import dataclasses
+import importlib
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ from transformers import AutoConfig, HfArgumentParser
 
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME, CheckpointError, load_model_weights
 from lm_experiments_tools.errors import BadInputError
+from lm_experiments_tools.malloc import tune_malloc_for_segment_checkpointing
 from lm_experiments_tools.run_folder import exit_with_one_line, raise_on_parse_errors
 from lm_experiments_tools.trainer import Trainer
 from lm_experiments_tools.trainer_args import TrainerArgs
@@ -45,6 +47,13 @@ logger = logging.getLogger(__name__)
 FULL_BPTT = -1  # gradients flow through every segment
 SETUP_BAD_INPUT = (ValueError, OSError)  # before training, a value that does not work or a missing file is the user's
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# settings a --resume may change (docs/design.md, "Training, checkpoints and resume"): how long to train, how often to
+# log, validate and save, how data is loaded, how memory is saved (segment checkpointing: the same gradients), which
+# folder it is, and the starting points that the resumed checkpoint supersedes; every other setting defines the run
+RESUME_MAY_CHANGE = frozenset({"iters", "log_interval", "valid_interval", "save_interval", "data_n_workers",
+                               "segment_checkpointing", "resume", "overwrite", "model_path", "model_cpt",
+                               "init_checkpoint", "reset_lr", "reset_iteration", "reset_optimizer",
+                               "max_nonfinite_steps", "ddp_find_unused_parameters"})
 
 
 def help_field(default, text: str):
@@ -96,8 +105,15 @@ def bptt_segments_from_depth(bptt_depth: int) -> int:
 
 
 def segment_checkpointing_option(args: RunArgs) -> dict:
-    """Wrapper keyword for --segment_checkpointing; empty when off, so custom wrapper classes need not know it."""
-    return {"segment_checkpointing": True} if args.segment_checkpointing else {}
+    """Wrapper keyword for --segment_checkpointing; empty when off, so custom wrapper classes need not know it.
+
+    When on, glibc's malloc (where it is the allocator) is tuned so that memory stays bounded in the number of
+    segments without a preloaded tcmalloc (lm_experiments_tools.malloc).
+    """
+    if not args.segment_checkpointing:
+        return {}
+    tune_malloc_for_segment_checkpointing()
+    return {"segment_checkpointing": True}
 
 
 def memory_type_options(args: RunArgs) -> dict:
@@ -171,9 +187,14 @@ def start_run(trainer_args: TrainerArgs):
     return context
 
 
+def run_values(trainer_args: TrainerArgs, args: RunArgs) -> dict:
+    """The settings of a run as its config.json records them ("args")."""
+    return {**dataclasses.asdict(trainer_args), **dataclasses.asdict(args)}
+
+
 def write_run_config(trainer_args: TrainerArgs, args: RunArgs) -> None:
     """Create the run folder (model_path) with config.json and git.diff; nothing when model_path is None."""
-    prepare_run({**dataclasses.asdict(trainer_args), **dataclasses.asdict(args)}, logger)
+    prepare_run(run_values(trainer_args, args), logger)
 
 
 # ---- model ----------------------------------------------------------------------------------------------------
@@ -204,6 +225,39 @@ def check_config_fits(config, tokenizer, input_size: int) -> None:
     if config.vocab_size < len(tokenizer):
         raise BadInputError(f"backbone vocab_size={config.vocab_size} is smaller than the tokenizer's "
                             f"{len(tokenizer)} tokens: expected a config that covers the tokenizer")
+
+
+REGISTERED_MODULES = ("modeling_rmt",)  # the project's own wrappers: a name in the package's __all__
+
+
+def registered_class(name: str, source: str):
+    """The class `name` ('module:Class') from the project's registry: a modeling_rmt wrapper (modeling_rmt.__all__)
+    or a transformers model class (an Auto* class or a PreTrainedModel subclass exported by transformers).
+
+    For names read from a file (a run folder's config.json): a file must never choose code to import, so any other
+    name is refused before its module is imported.
+
+    Args:
+        name: 'module:Class'.
+        source: what the name came from, named in the error (e.g. "run/config.json model_cls").
+
+    Raises:
+        BadInputError: the name is not in the registry.
+    """
+    module_name, _, attr = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if attr.isidentifier() and not attr.startswith("_"):
+        if module_name in REGISTERED_MODULES:
+            module = importlib.import_module(module_name)
+            if attr in getattr(module, "__all__", ()):
+                return getattr(module, attr)
+        if module_name == "transformers":
+            import transformers
+            from transformers.models.auto.auto_factory import _BaseAutoModelClass
+            cls = getattr(transformers, attr, None)
+            if isinstance(cls, type) and issubclass(cls, (transformers.PreTrainedModel, _BaseAutoModelClass)):
+                return cls
+    raise BadInputError(f"{source} {name!r} is not a registered class: expected a modeling_rmt wrapper or a "
+                        "transformers model class as module:Class (a file never chooses code to import)")
 
 
 def build_backbone(backbone_cls: str, tokenizer, *, input_size: int, pretrained=None, config=None, **overrides):

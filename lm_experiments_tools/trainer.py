@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -42,6 +43,7 @@ from .utils import hold_process_group, init_distributed
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+INTERRUPT_EXIT_CODE = 128 + signal.SIGINT  # 130: what shells report for a command ended by Ctrl-C
 TENSORBOARD_QUEUE_SIZE = 1000
 
 
@@ -92,6 +94,19 @@ def _deferred_stop_signals():
         _restore_handlers(previous)
         raise
     _restore_handlers(previous)
+
+
+def stop_exit_code(received_signals: list) -> int:
+    """The exit code of a run stopped by a signal, after its resumable checkpoint is saved.
+
+    Ctrl-C (SIGINT) gives 130, as the shell reports an interrupted command, so that a script that chains runs stops
+    too. SIGTERM gives 0: a scheduler's stop, after which the job is requeued and resumes. Under torchrun a process
+    exits 0 either way, because torchrun reports any other code as a failure with a traceback; scripts/launch.sh
+    reports the interrupt in one line and exits 130 itself.
+    """
+    if signal.SIGINT in received_signals and not os.environ.get("TORCHELASTIC_RUN_ID"):
+        return INTERRUPT_EXIT_CODE
+    return 0
 
 
 def _restore_handlers(handlers: dict) -> None:
@@ -154,7 +169,8 @@ class Trainer:
         self._interval = _IntervalStats()
         self._last_validation_step, self._last_save_step = None, None
         self._resumed = self._load_initial_checkpoint()
-        self.tb = self._open_tensorboard()
+        # purge_step hides events an interrupted run logged after its last checkpoint
+        self._tb, self._tb_purge_step = None, self.n_iter + 1 if self.n_iter else None
 
     # ---- setup -------------------------------------------------------------------------------------------------
     def _check_setup(self) -> None:
@@ -212,14 +228,16 @@ class Trainer:
                       reset_iteration=args.reset_iteration)
         return False
 
-    def _open_tensorboard(self):
-        if not self.is_main or self.args.model_path is None:
-            return None
-        from torch.utils.tensorboard import SummaryWriter  # slow import, needed only when writing logs
-        # purge_step hides events an interrupted run logged after its last checkpoint; a long queue keeps the
-        # training loop from waiting on the writer thread
-        return SummaryWriter(log_dir=self.args.model_path, purge_step=self.n_iter + 1 if self.n_iter else None,
-                             max_queue=TENSORBOARD_QUEUE_SIZE)
+    @property
+    def tb(self):
+        """The tensorboard writer (rank 0 with a model_path, else None), opened at its first use: a run that fails
+        before it logs anything leaves no events file, so its folder holds no run (lm_experiments_tools.run_folder)."""
+        if self._tb is None and self.is_main and self.args.model_path is not None:
+            from torch.utils.tensorboard import SummaryWriter  # slow import, needed only when writing logs
+            # a long queue keeps the training loop from waiting on the writer thread
+            self._tb = SummaryWriter(log_dir=self.args.model_path, purge_step=self._tb_purge_step,
+                                     max_queue=TENSORBOARD_QUEUE_SIZE)
+        return self._tb
 
     def _log(self, message: str, level: int = logging.INFO) -> None:
         if self.is_main:
@@ -230,7 +248,7 @@ class Trainer:
         """Train until `iters` optimizer steps or early stopping.
 
         On SIGTERM/SIGINT the current step finishes, a resumable checkpoint model_{n_iter}.pth is written and the
-        process exits with code 0 (SystemExit).
+        process exits (SystemExit) with code 0 after SIGTERM, 130 after SIGINT (see `stop_exit_code`).
 
         Returns:
             The best validation metrics, or the last training metrics when there is no validation data.
@@ -387,8 +405,8 @@ class Trainer:
             self._validate_and_decide()
         if self.args.save_interval and self._last_save_step != self.n_iter:
             self.save(self.args.model_path)
-        if self.tb is not None:
-            self.tb.flush()
+        if self._tb is not None:
+            self._tb.flush()
 
     def _save_and_exit(self, received_signals: list) -> None:
         # under torchrun another process may have been the one that got the signal
@@ -400,9 +418,9 @@ class Trainer:
             checkpoint = Path(self.args.model_path) / iteration_checkpoint_name(self.n_iter)
             self._log(f"{name} received: stopped after step {self.n_iter}, resumable checkpoint {checkpoint}; "
                       f"continue with --resume", logging.WARNING)
-        if self.tb is not None:
-            self.tb.close()
-        raise SystemExit(0)
+        if self._tb is not None:
+            self._tb.close()
+        raise SystemExit(stop_exit_code(received_signals))
 
     # ---- logging -----------------------------------------------------------------------------------------------
     def _log_train(self) -> None:

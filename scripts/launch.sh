@@ -7,9 +7,11 @@
 # Under accelerate, NP, NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT override what ACCELERATE_CONFIG says, and the
 # precision is the entry point's own (--fp16 / --bf16; accelerate's mixed_precision is set to 'no'). A config that
 # asks for DeepSpeed, FSDP, Megatron-LM or TPUs is refused: the Trainer runs torch DDP.
+# Ctrl-C under torchrun: the workers save a resumable checkpoint, and this prints one line and exits 130.
 NNODES=${NNODES:-1}                      # machines
-NODE_RANK=${NODE_RANK:-0}                # this machine's rank, 0 .. NNODES-1
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}    # address of the NODE_RANK=0 machine, reachable from all machines
+NODE_RANK=${NODE_RANK:-}                 # this machine's rank, 0 .. NNODES-1 (default 0 on one machine only)
+MASTER_ADDR=${MASTER_ADDR:-}             # address of the NODE_RANK=0 machine, reachable from all machines
+                                         # (default 127.0.0.1 on one machine only)
 MASTER_PORT=${MASTER_PORT:-}             # a free TCP port on that machine; default 29500, or any free port on one machine
 LAUNCHER=${LAUNCHER:-torchrun}           # torchrun or accelerate
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-} # `accelerate config` file (LAUNCHER=accelerate only); empty: none
@@ -21,6 +23,14 @@ _FREE_PORT='import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(
 
 _launch_error() { echo "error: $1" >&2; exit 2; }
 [[ $NNODES =~ ^[1-9][0-9]*$ ]] || _launch_error "NNODES=$NNODES: expected a positive integer"
+if (( NNODES > 1 )); then  # a default would start each machine as a separate rendezvous on itself
+    [[ -n $MASTER_ADDR ]] \
+        || _launch_error "NNODES=$NNODES without MASTER_ADDR: expected the address of the NODE_RANK=0 machine"
+    [[ -n $NODE_RANK ]] \
+        || _launch_error "NNODES=$NNODES without NODE_RANK: expected this machine's rank, 0 .. $(( NNODES - 1 ))"
+fi
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 if [[ -z $MASTER_PORT ]]; then  # two runs on one machine must not both claim 29500
     if (( NNODES == 1 )); then MASTER_PORT=$(python -c "$_FREE_PORT"); else MASTER_PORT=29500; fi
 fi
@@ -44,12 +54,36 @@ if [[ -n $ACCELERATE_CONFIG ]]; then
 " expected NO, MULTI_CPU or MULTI_GPU (the Trainer runs torch DDP)"
 fi
 
+# Runs torchrun with its arguments. torchrun gets its own process group, so that Ctrl-C (SIGINT to the terminal's
+# foreground group) reaches this shell only, which passes it on to the workers, torchrun's children: they save a
+# resumable checkpoint and exit 0, so torchrun ends without a traceback, and the interrupt is reported here in one
+# line with exit code 130. (Interrupted itself, torchrun would print a traceback of its own.)
+_torchrun() {
+    local pid status interrupted=0
+    set -m
+    torchrun "$@" &
+    pid=$!
+    set +m
+    trap 'interrupted=1; pkill -INT -P "$pid" || true' INT
+    while :; do
+        status=0
+        wait "$pid" || status=$?
+        kill -0 "$pid" 2>/dev/null || break  # a wait cut short by the trap leaves torchrun running
+    done
+    trap - INT
+    if (( interrupted )); then
+        echo "interrupted: the workers saved a resumable checkpoint in the run folder; RESUME=1 continues it" >&2
+        exit 130
+    fi
+    return "$status"
+}
+
 launch() {
     local entry_point=$1
     shift
     if [[ $LAUNCHER == torchrun ]]; then
-        torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-            --nproc_per_node "$NP" "$entry_point" "$@"
+        _torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" \
+            --master_port "$MASTER_PORT" --nproc_per_node "$NP" "$entry_point" "$@"
         return
     fi
     local processes=$(( NP * NNODES ))

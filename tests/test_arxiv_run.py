@@ -155,6 +155,14 @@ def test_end_to_end_script_writes_events_checkpoint_and_results(tmp_path, capsys
                               "--num_mem_tokens", "0", *model_and_data], capsys)
     assert code == 2 and message[-1].startswith("error: ") and "does not fit this model" in message[-1]
 
+    other_run = tmp_path / "other"  # a validate-only run never writes over another run
+    other_run.mkdir()
+    (other_run / "model_1.pth").write_bytes(b"a checkpoint")
+    code, message = run_main(["--validate_only", "--model_cpt", str(run_folder), "--model_path", str(other_run),
+                              "--input_size", "32", "--num_mem_tokens", "2", *model_and_data], capsys)
+    assert code == 2 and "model_path holds another run (model_1.pth)" in message[-1], message
+    assert sorted(path.name for path in other_run.iterdir()) == ["model_1.pth"]
+
 
 def tiny_run_inputs(folder):
     """Flags naming a tiny GPT-2 config, a word tokenizer and text files written to folder."""

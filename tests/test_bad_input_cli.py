@@ -345,7 +345,8 @@ def test_full_disk_exits_1_naming_the_path_and_the_last_good_checkpoint(configs,
     monkeypatch.setattr("lm_experiments_tools.checkpoint.torch.save", save_until_full)
     folder = tmp_path / "run"
     code, lines = run_cli(run_babilong.main, babilong_argv(configs, folder, "--iters", "3"), capsys, "full disk")
-    line = assert_one_line(code, lines, 1, "No space left on device", f"last good checkpoint is {folder}/model_1.pth")
+    line = assert_one_line(code, lines, 1, "the disk is full (No space left on device)",
+                           f"last good checkpoint is {folder}/model_1.pth")
     assert line.startswith(f"error: cannot write checkpoint {folder}/model_")
     assert line.endswith(f"(traceback: {folder}/error.log)")
     assert "Traceback" in (folder / "error.log").read_text() and not list(folder.glob(".*.tmp"))
@@ -388,7 +389,11 @@ def _wait_for(path: Path, process: subprocess.Popen, stderr_file: Path) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGTERM], ids=["kill -9", "SIGTERM"])
+# exit codes: killed by the signal; a scheduler's stop (0, requeued); Ctrl-C (130, as the shell reports it)
+STOP_EXIT_CODES = {signal.SIGKILL: -signal.SIGKILL, signal.SIGTERM: 0, signal.SIGINT: 130}
+
+
+@pytest.mark.parametrize("kill", list(STOP_EXIT_CODES), ids=["kill -9", "SIGTERM", "Ctrl-C"])
 def test_killed_curriculum_resumes_without_redoing_finished_stages(configs, tmp_path, capsys, kill):
     model_path = tmp_path / "seg{n_segments}"
     argv = babilong_argv(configs, model_path, "--curriculum", "1,2", "--valid_interval", "15", iters=30)
@@ -396,7 +401,7 @@ def test_killed_curriculum_resumes_without_redoing_finished_stages(configs, tmp_
     _wait_for(tmp_path / "seg2" / "model_1.pth", process, tmp_path / "stderr.txt")
     process.send_signal(kill)
     code = process.wait(timeout=SUBPROCESS_TIMEOUT)
-    assert code == (-signal.SIGKILL if kill == signal.SIGKILL else 0)
+    assert code == STOP_EXIT_CODES[kill]
     _record(f"curriculum 1,2 killed in stage 2 ({kill.name})", code, [f"(exit {code})"])
     stage_1 = records(tmp_path / "seg1")
     assert len(stage_1) == 1 and not records(tmp_path / "seg2")

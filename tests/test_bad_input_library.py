@@ -16,13 +16,14 @@ from lm_experiments_tools import NonFiniteWeightsError, TrainerArgs
 from lm_experiments_tools.checkpoint import (BEST_CHECKPOINT_NAME, CheckpointError, CheckpointWriteError,
                                              find_latest_checkpoint, load_checkpoint, save_checkpoint)
 from lm_experiments_tools.errors import BadInputError, RunFailure
-from lm_experiments_tools.run_folder import (CommandLineError, RunFolderError, exit_with_one_line, prepare_run_folder,
-                                             raise_on_parse_errors, run_files)
+from lm_experiments_tools.run_folder import (RUN_LOCK_NAME, CommandLineError, RunFolderError, describe_failure,
+                                             exit_with_one_line, prepare_run_folder, raise_on_parse_errors, run_files)
 from trainer_scripts.tiny_task import build_trainer, flat_parameters
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LAUNCHERS = [REPO_ROOT / "scripts/babilong/finetune_babilong_rmt.sh", REPO_ROOT / "scripts/arxiv/finetune_arxiv_rmt.sh"]
 NAN, INF = float("nan"), float("inf")
+MOUNTED_DISK_SIZE = "1m"  # room for a few checkpoints of the tiny task
 
 # (option, values refused, values accepted)
 NUMERIC_OPTIONS = [
@@ -149,19 +150,57 @@ def test_full_disk_names_the_path_and_the_last_good_checkpoint(tmp_path, monkeyp
     with pytest.raises(CheckpointWriteError) as error:
         save_checkpoint(tmp_path / "model_10.pth", {"model_state_dict": {}, "iteration": 10})
     assert isinstance(error.value, RunFailure)
-    assert str(error.value) == (f"cannot write checkpoint {tmp_path / 'model_10.pth'} (No space left on device); "
+    assert str(error.value) == (f"cannot write checkpoint {tmp_path / 'model_10.pth'}: the disk is full (No space "
+                                f"left on device); "
                                 f"the last good checkpoint is {good}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_5.pth"] and good.read_bytes() == good_bytes
-    with pytest.raises(CheckpointWriteError, match=r"model_5.pth \(No space left on device\); the last good"):
+    with pytest.raises(CheckpointWriteError,
+                       match=r"model_5.pth: the disk is full \(No space left on device\); the last good"):
         save_checkpoint(good, {"model_state_dict": {}})  # overwriting in place keeps the old file too
     assert good.read_bytes() == good_bytes
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of MOUNTED_DISK_SIZE (a tmpfs mounted at tmp_path/disk); skipped where mount is not
+    allowed (not root, no CAP_SYS_ADMIN, no tmpfs)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={MOUNTED_DISK_SIZE}", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def _fill(disk: Path) -> None:
+    """Write a file until the disk is full."""
+    with open(disk / "filler", "wb", buffering=0) as file:
+        try:
+            while True:
+                file.write(b"\0" * 4096)
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+
+
+def test_a_really_full_disk_is_named_as_such_with_the_last_good_checkpoint(small_disk):
+    trainer = build_trainer(_short_run_args(small_disk, log_interval=100), with_validation=False)  # no events
+    good = trainer.save(small_disk)  # step 0
+    _fill(small_disk)
+    with pytest.raises(CheckpointWriteError) as error:
+        trainer.train()
+    assert str(error.value).startswith(f"cannot write checkpoint {small_disk}/model_5.pth: the disk is full (No space "
+                                       f"left on device); the last good checkpoint is {good}")
+    assert "unexpected pos" not in describe_failure(error.value, small_disk)
+    assert sorted(p.name for p in small_disk.glob("*.pth")) == ["model_0.pth"] and not list(small_disk.glob(".*.tmp"))
 
 
 def test_full_disk_during_training_stops_the_run_keeping_its_checkpoints(tmp_path, monkeypatch):
     trainer = build_trainer(_short_run_args(tmp_path), with_validation=False)
     trainer.save(tmp_path)  # step 0
     _fill_the_disk_after(monkeypatch, 100)
-    with pytest.raises(CheckpointWriteError, match=f"model_5.pth .*the last good checkpoint is {tmp_path}/model_0"):
+    with pytest.raises(CheckpointWriteError, match=f"model_5.pth: .*the last good checkpoint is {tmp_path}/model_0"):
         trainer.train()
     assert [p.name for p in tmp_path.glob("*.pth")] == ["model_0.pth"] and not list(tmp_path.glob(".*.tmp"))
     assert load_checkpoint(tmp_path / "model_0.pth")["iteration"] == 0
@@ -221,7 +260,7 @@ def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(tmp_path)
 def test_overwrite_deletes_only_the_previous_runs_files(tmp_path):
     folder = _finished_run(tmp_path / "run")
     prepare_run_folder(folder, resume=False, overwrite=True)
-    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [RUN_LOCK_NAME, "notes.txt"]  # the lock names no run
     trainer = build_trainer(TrainerArgs(model_path=str(folder), iters=1, batch_size=4, resume=True, lr=0.01))
     assert trainer.n_iter == 0  # nothing of the old run is left to resume from
 

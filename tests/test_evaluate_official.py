@@ -184,3 +184,69 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, argv, message):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+# ---- a run folder never chooses code ---------------------------------------------------------------------------
+
+def fake_run_folder(folder: Path, **saved) -> Path:
+    """A run folder whose config.json holds `saved` args; its model_best.pth is never reached by these tests."""
+    folder.mkdir()
+    config = {"task": "memorize", "model_type": "encoder", "input_size": 32, "num_mem_tokens": 2}
+    (folder / "config.json").write_text(json.dumps({"args": {**config, **saved}}))
+    (folder / "model_best.pth").write_bytes(b"")
+    return folder
+
+
+@pytest.mark.parametrize("name", ["model_cls", "backbone_cls", "memory_cell_cls"])
+def test_a_run_folder_cannot_choose_a_class_to_import(tmp_path, monkeypatch, name):
+    calls = []
+    probe = type(sys)("untrusted_probe")
+    probe.run = lambda *args, **kwargs: calls.append(args)
+    monkeypatch.setitem(sys.modules, "untrusted_probe", probe)
+    run_dir = fake_run_folder(tmp_path / "run", **{name: "untrusted_probe:run"})
+    with pytest.raises(BadInputError, match=rf"config.json {name} 'untrusted_probe:run' is not a registered class"):
+        official.load_run(str(run_dir))
+    assert calls == []
+
+
+def test_a_run_folder_gives_only_architecture_arguments(tmp_path, monkeypatch):
+    import run_finetuning_babilong_rmt as run_babilong
+    seen = {}
+    monkeypatch.setattr(run_babilong, "build_model", lambda args, *rest: seen.update(vars(args)) or 1 / 0)
+    run_dir = fake_run_folder(tmp_path / "run", optimizer="untrusted_probe:run", noise_dataset="/etc")
+    with pytest.raises(ZeroDivisionError):
+        official.load_run(str(run_dir))
+    assert seen["optimizer"] == "AdamW" and seen["noise_dataset"] == "default" and seen["input_size"] == 32
+
+
+def test_cli_refuses_os_system_in_a_run_folder(tmp_path):
+    dataset = make_dataset(tmp_path / "babilong", lengths=("0k",))
+    run_dir = fake_run_folder(tmp_path / "run", backbone_cls="os:system")
+    result = subprocess.run([sys.executable, "-m", "babilong.evaluate_official", "--model_cpt", str(run_dir),
+                             "--dataset", dataset, "--tasks", "qa1", "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=REPO_ROOT)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "'os:system' is not a registered class" in lines[0]
+
+
+# ---- rows the evaluation cannot read ---------------------------------------------------------------------------
+
+def official_layout(folder: Path, columns: dict) -> str:
+    """A local dataset in the official layout whose 0k qa1 split has `columns`."""
+    from datasets import Dataset, DatasetDict
+    DatasetDict({"qa1": Dataset.from_dict(columns)}).save_to_disk(str(folder / "0k"))
+    return str(folder)
+
+
+@pytest.mark.parametrize("columns, message", [
+    ({"input": [], "question": [], "target": []}, "0k qa1: the split has no rows: expected at least one sample"),
+    ({"input": ["Facts.", None], "question": ["Where is Mary?"] * 2, "target": ["kitchen"] * 2},
+     "0k qa1 row 1: input is None: expected text"),
+])
+def test_a_split_without_rows_or_with_a_none_input_is_one_line_and_exit_2(tmp_path, columns, message):
+    dataset = official_layout(tmp_path / "babilong", columns)
+    result = subprocess.run([sys.executable, "-m", "babilong.evaluate_official", "--model_cpt", str(tmp_path),
+                             "--dataset", dataset, "--tasks", "qa1", "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=REPO_ROOT)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and f"error: {dataset} {message}" in lines[0], result.stderr

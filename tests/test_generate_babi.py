@@ -163,18 +163,60 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path):
     assert first["qa1_single-supporting-fact_train.txt"] != first["qa1_single-supporting-fact_test.txt"]
 
 
+def generate_cli(*argv) -> tuple:
+    """(exit code, stderr lines) of the command line."""
+    result = subprocess.run([sys.executable, "-m", "babilong.generate_babi", *map(str, argv)], capture_output=True,
+                            text=True)
+    return result.returncode, result.stderr.strip().splitlines()
+
+
 @pytest.mark.parametrize("argv, message", [
-    (["--tasks", "qa1,qa9"], "--tasks 'qa1,qa9': unknown task(s) ['qa9']"),
-    (["--n_train", "0"], "--n_train 0: expected a number of questions >= 1"),
-    (["--n_test", "-5"], "--n_test -5: expected a number of questions >= 1"),
+    (["--tasks", "qa1,qa9"], "--tasks 'qa1,qa9': unknown or empty task(s) ['qa9']"),
+    (["--tasks", "qa1,,qa2"], "--tasks 'qa1,,qa2': unknown or empty task(s) ['']"),
+    (["--n_train", "0"], "--n_train 0: expected a number of questions from 1 to 10,000,000"),
+    (["--n_test", "-5"], "--n_test -5: expected a number of questions from 1 to 10,000,000"),
+    (["--n_train", "1000000000"], "--n_train 1000000000: expected a number of questions from 1 to 10,000,000"),
+    (["--seed", "-1"], "--seed -1: expected an integer >= 0"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, argv, message):
-    result = subprocess.run([sys.executable, "-m", "babilong.generate_babi", "--out", str(tmp_path), *argv],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    code, lines = generate_cli("--out", tmp_path, *argv)
+    assert code == 2
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_out_naming_a_file_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    code, lines = generate_cli("--out", tmp_path / "file", "--tasks", "qa1", "--n_train", "5", "--n_test", "5")
+    assert code == 2 and len(lines) == 1 and f"{tmp_path / 'file'} is a file: expected a folder" in lines[0]
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_second_run_into_the_same_out_needs_overwrite(tmp_path):
+    argv = ["--out", tmp_path, "--tasks", "qa1", "--n_train", "5", "--n_test", "5"]
+    assert generate_cli(*argv, "--seed", "1")[0] == 0
+    first = {p: p.read_bytes() for p in tmp_path.rglob("*.txt")}
+    code, lines = generate_cli(*argv, "--seed", "2")
+    assert code == 2 and len(lines) == 1 and "already holds 2 of these files" in lines[0] and "--overwrite" in lines[0]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*.txt")} == first
+    assert generate_cli(*argv, "--seed", "2", "--overwrite")[0] == 0
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*.txt")} != first
+
+
+def test_stories_are_streamed_to_the_file(tmp_path, monkeypatch):
+    """The file is written story by story: no list of all the lines is built."""
+    written_before_the_last_story = []
+    real_format = generate_babi.Story.format
+
+    def format_and_look(story):
+        files = list(tmp_path.rglob("*.tmp"))
+        written_before_the_last_story.append(files[0].stat().st_size if files else 0)
+        return real_format(story)
+
+    monkeypatch.setattr(generate_babi.Story, "format", format_and_look)
+    monkeypatch.setattr(generate_babi, "generate_lines", None)  # never called
+    generate_babi.generate(str(tmp_path), ["qa1"], 5 * 400, 5, seed=0)
+    assert max(written_before_the_last_story) > 0
 
 
 # ---- the reader's line checks --------------------------------------------------------------------------------

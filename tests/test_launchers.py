@@ -104,7 +104,8 @@ def test_one_machine_takes_a_free_port_so_two_runs_can_share_it(stubs, tmp_path)
         assert taken not in ports
     _, calls = run_launcher(launcher, stubs, {"NP": "1", "MASTER_PORT": str(taken)}, tmp_path)
     assert option_values(calls[-1])["--master_port"] == str(taken)
-    _, calls = run_launcher(launcher, stubs, {"NP": "1", "NNODES": "2"}, tmp_path)
+    _, calls = run_launcher(launcher, stubs, {"NP": "1", "NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "10.0.0.1"},
+                            tmp_path)
     assert option_values(calls[-1])["--master_port"] == "29500"
 
 
@@ -145,7 +146,12 @@ def test_accelerate_config_is_passed_and_one_process_is_not_multi_gpu(stubs, tmp
 @pytest.mark.parametrize("variables, expected", [
     ({"NNODES": "two"}, "error: NNODES=two: expected a positive integer"),
     ({"NNODES": "0"}, "error: NNODES=0: expected a positive integer"),
-    ({"NNODES": "2", "NODE_RANK": "2"}, "error: NODE_RANK=2: expected an integer from 0 to NNODES-1=1"),
+    ({"NNODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "10.0.0.1"},
+     "error: NODE_RANK=2: expected an integer from 0 to NNODES-1=1"),
+    ({"NNODES": "2", "NODE_RANK": "1"},
+     "error: NNODES=2 without MASTER_ADDR: expected the address of the NODE_RANK=0 machine"),
+    ({"NNODES": "2", "MASTER_ADDR": "10.0.0.1"},
+     "error: NNODES=2 without NODE_RANK: expected this machine's rank, 0 .. 1"),
     ({"NODE_RANK": "-1"}, "error: NODE_RANK=-1: expected an integer from 0 to NNODES-1=0"),
     ({"MASTER_PORT": "70000"}, "error: MASTER_PORT=70000: expected a port number from 1 to 65535"),
     ({"MASTER_PORT": "port"}, "error: MASTER_PORT=port: expected a port number from 1 to 65535"),
@@ -160,7 +166,7 @@ def test_accelerate_config_is_passed_and_one_process_is_not_multi_gpu(stubs, tmp
     ({"LAUNCHER": "accelerate", "ACCELERATE_CONFIG": "{tmp}/deepspeed.yaml"},
      "error: ACCELERATE_CONFIG={tmp}/deepspeed.yaml asks for distributed_type DEEPSPEED: expected NO, MULTI_CPU "
      "or MULTI_GPU (the Trainer runs torch DDP)"),
-    ({"NNODES": "2", "NP": "3", "TBS": "32", "BS": "4"},
+    ({"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "10.0.0.1", "NP": "3", "TBS": "32", "BS": "4"},
      "error: TBS=32 is not divisible by BS*NP*NNODES=24: expected a multiple"),
 ])
 @pytest.mark.parametrize("name", ["arxiv/finetune_arxiv_rmt.sh", "babilong/finetune_babilong_rmt.sh",

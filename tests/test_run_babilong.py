@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import run_finetuning_babilong_rmt as run_babilong
-from babilong import plot
+from babilong import generate_babi, plot
 from babilong.metrics import f1_scores
 from babilong.results import RESULTS_FILE, append_result, read_results
 from lm_experiments_tools import runs as run_layer
@@ -135,6 +135,109 @@ def test_validate_only_appends_a_record_to_the_checkpoint_folder(curriculum_run,
     assert (records[-1]["n_segments"], records[-1]["input_seq_len"], records[-1]["trained_n_segments"]) == (4, 100, 1)
 
 
+def test_validate_only_never_writes_into_another_run(curriculum_run, tiny_bert, capsys):
+    stage_1, stage_2 = (curriculum_run[0] / f"seg{n}" / "run_1" for n in (1, 2))
+    before = {path.name: path.read_bytes() for path in stage_2.iterdir() if path.is_file()}
+    code, err = run_main(common_args(tiny_bert) + ["--validate_only", "--model_cpt", str(stage_1),
+                                                   "--model_path", str(stage_2)], capsys)
+    assert code == 2 and len(err) == 1 and f"--model_path {stage_2}: model_path holds another run" in err[0], err
+    assert {path.name: path.read_bytes() for path in stage_2.iterdir() if path.is_file()} == before
+
+
+def test_validate_only_keeps_the_evaluated_runs_config_and_may_write_a_new_folder(curriculum_run, tiny_bert,
+                                                                                 tmp_path):
+    stage_1 = curriculum_run[0] / "seg1" / "run_1"
+    config = (stage_1 / CONFIG_FILE).read_text()
+    evaluation = tmp_path / "evaluation"
+    for model_path in (stage_1, evaluation, evaluation):  # the second evaluation into its folder appends
+        run_babilong.main(common_args(tiny_bert) + ["--validate_only", "--model_cpt", str(stage_1),
+                                                    "--model_path", str(model_path)])
+    assert (stage_1 / CONFIG_FILE).read_text() == config
+    assert json.loads((evaluation / CONFIG_FILE).read_text())["args"]["validate_only"] is True
+    assert len(stage_records(evaluation)) == 2
+
+
+def curriculum_argv(tiny_bert, runs, **changes) -> list:
+    """The command line of `curriculum_run` with --resume, and the flags in `changes` given other values."""
+    argv = common_args(tiny_bert) + training_args() + [
+        "--curriculum", "1,2", "--eval_n_segments", "3", "--model_path", str(runs / STAGE_DIR / "run_1"), "--resume"]
+    for name, value in changes.items():
+        if f"--{name}" in argv:
+            argv[argv.index(f"--{name}") + 1] = value
+        else:
+            argv += [f"--{name}", value]
+    return argv
+
+
+def config_texts(runs) -> list:
+    return [(runs / f"seg{n}" / "run_1" / CONFIG_FILE).read_text() for n in (1, 2)]
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"batch_size": "4", "lr": "0.01"}, ["batch_size 2 -> 4", "lr 0.001 -> 0.01"]),
+    ({"seed": "7", "gradient_accumulation_steps": "1"}, ["seed 42 -> 7", "gradient_accumulation_steps 2 -> 1"]),
+    ({"input_size": "33"}, ["input_size 32 -> 33", "input_seq_len 27 -> 28"]),
+    ({"task": "detect_memorize"}, ["task 'memorize' -> 'detect_memorize'"]),  # a finished curriculum: not skipped
+])
+def test_resume_with_other_settings_is_refused_listing_them(curriculum_run, tiny_bert, capsys, changes, expected):
+    runs, _ = curriculum_run
+    before = config_texts(runs)
+    code, err = run_main(curriculum_argv(tiny_bert, runs, **changes), capsys)
+    assert code == 2 and len(err) == 1 and "changes the settings that define the run" in err[0], err
+    assert all(difference in err[0] for difference in expected), err[0]
+    assert config_texts(runs) == before
+
+
+def test_resume_may_change_what_does_not_define_the_run(curriculum_run, tiny_bert, capsys):
+    runs, _ = curriculum_run
+    records = [stage_records(runs / f"seg{n}" / "run_1") for n in (1, 2)]
+    run_babilong.main(curriculum_argv(tiny_bert, runs, log_interval="1", show_valid_examples="0",
+                                      data_n_workers="0", valid_interval="1"))
+    assert [stage_records(runs / f"seg{n}" / "run_1") for n in (1, 2)] == records  # finished: skipped
+
+
+LONG_STORY_FACTS = 40  # about 240 tokens: more than the 4 segments of 27 tokens of these runs
+
+
+def babi_with_a_long_story(folder: Path, first: bool) -> Path:
+    """qa1 files whose training file holds one story too long for 4 segments, as its first or last question."""
+    generate_babi.generate(str(folder), ["qa1"], 20, 10, seed=0)
+    train = Path(generate_babi.task_file(str(folder), "qa1", "train"))
+    long_story = [f"{i} Mary moved to the bathroom." for i in range(1, LONG_STORY_FACTS + 1)]
+    long_story.append(f"{LONG_STORY_FACTS + 1} Where is Mary? \tbathroom\t{LONG_STORY_FACTS}")
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join(long_story + lines if first else lines + long_story) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first story", "last story"])
+def test_a_story_too_long_for_the_segments_is_refused_before_anything_is_written(tiny_bert, tmp_path, capsys, first):
+    babi = babi_with_a_long_story(tmp_path / "babi", first)
+    run_dir = tmp_path / "run"
+    code, err = run_main(common_args(tiny_bert) + training_args(iters=2) + [
+        "--task", "qa1", "--babi_path", str(babi), "--max_n_segments", "4", "--model_path", str(run_dir)], capsys)
+    assert code == 2 and len(err) == 1, err
+    index = 0 if first else 20
+    assert f"qa1 train sample {index} has " in err[0] and f"more than input_seq_len={4 * SEGMENT_SIZE}" in err[0]
+    assert not run_dir.exists() or [path.name for path in run_dir.iterdir()] == [".run.lock"]
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_a_folder_a_rerun_reuses(tiny_bert, tmp_path, capsys,
+                                                                                 monkeypatch):
+    run_dir = tmp_path / "run"
+    argv = common_args(tiny_bert) + training_args(iters=2) + ["--model_path", str(run_dir)]
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("lm_experiments_tools.trainer.Trainer._train_step", fail)
+        code, err = run_main(argv, capsys)
+    assert code == 1 and "out of memory" in err[-1] and (run_dir / CONFIG_FILE).is_file()
+    run_babilong.main(argv)  # neither --resume nor --overwrite: nothing of a run was left
+    assert stage_records(run_dir)[0]["n_samples"] == NUM_VALID_SAMPLES
+
+
 def test_decoder_generation_reports_exact_match(tmp_path):
     gpt2 = write_config(tmp_path, TINY_GPT2)
     run_babilong.main(common_args(gpt2) + training_args(iters=2) + [
@@ -211,6 +314,23 @@ def test_plot_draws_the_most_trained_model_per_task(tmp_path, capsys):
     assert "| memorize |  | 2 | 8 | 456 | 75.0 | 10 |" in table and "70.0" not in table and "50.0" not in table
     lines = plot.select_lines(plot.collect_results(tmp_path), by_stage=True)
     assert sorted(lines) == [("memorize", "", 1), ("memorize", "", 2), ("reasoning", "", 1)]
+
+
+def test_a_torn_last_record_is_skipped_by_readers_and_never_glued_onto(tmp_path, caplog, capsys):
+    run_dir = tmp_path / "memorize" / "seg2"
+    append_result(run_dir, _record("memorize", 2, 1, 90.0))
+    with open(run_dir / RESULTS_FILE, "a", encoding="utf-8") as file:  # a crash in the middle of an append
+        file.write(json.dumps(_record("memorize", 2, 2, 95.0))[:30])
+    with caplog.at_level("WARNING"):
+        assert [r["n_segments"] for r in read_results(run_dir / RESULTS_FILE)] == [1]
+    assert f"{RESULTS_FILE}:2: skipping a torn record" in caplog.text
+    append_result(run_dir, _record("memorize", 2, 8, 70.0))
+    lines = (run_dir / RESULTS_FILE).read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])["n_segments"] == 8  # on its own line, after the torn one
+    assert [r["n_segments"] for r in read_results(run_dir / RESULTS_FILE)] == [1, 8]
+    assert run_babilong.is_evaluated(run_dir, n_segments=8, trained_n_segments=2)  # what --resume reads
+    assert plot.main([str(tmp_path), "-o", str(tmp_path / "figure.png")]) == 0
+    assert "| memorize |  | 2 | 8 | 456 | 70.0 | 10 |" in capsys.readouterr().out
 
 
 def test_plot_keeps_the_named_tasks(tmp_path, capsys):

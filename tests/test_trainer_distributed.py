@@ -195,6 +195,22 @@ def test_sigterm_to_every_rank_saves_one_checkpoint_and_resume_equals_uninterrup
                        torch.load(tmp_path / "ref.pt", weights_only=True))
 
 
+@pytest.mark.slow
+def test_ctrl_c_through_the_launcher_saves_and_exits_130_with_one_line(tmp_path):
+    run = tmp_path / "run"
+    launcher = subprocess.Popen(["bash", str(LAUNCHER), *map(str, interruptible_args(run, "--step_sleep", "0.1"))],
+                                env=launcher_env(NP="2"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)  # its own terminal group: Ctrl-C signals that group
+    training_ranks(launcher)
+    wait_for_file(run / "model_5.pth", launcher)
+    os.killpg(launcher.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    output = finish(launcher)
+    assert launcher.returncode == 130, output[-3000:]
+    assert output.strip().splitlines()[-1].startswith("interrupted: the workers saved a resumable checkpoint")
+    assert "Traceback" not in output and output.count("SIGINT received: stopped after step") == 1, output[-3000:]
+    assert 5 < load_checkpoint(find_latest_checkpoint(run))["iteration"] < 20
+
+
 def test_a_late_stop_signal_cannot_kill_a_process_that_is_already_stopping():
     """A rank stopped by another rank's SIGTERM may get its own after training ended; it must still exit 0."""
     default = signal.getsignal(signal.SIGTERM)

@@ -71,7 +71,7 @@ run_dir() {  # the run folder finetune_babilong_rmt.sh writes for task $1, input
 }
 
 python -m babilong.generate_babi --out "$BABI_PATH" --tasks "$(echo $TASKS | tr ' ' ',')" \
-    --n_train "$N_TRAIN" --n_test "$N_TEST" --seed "$GEN_SEED"
+    --n_train "$N_TRAIN" --n_test "$N_TEST" --seed "$GEN_SEED" --overwrite  # the same seed: the same files
 for TASK in $TASKS; do
     export TASK
     MODEL_CPT=""
