@@ -80,8 +80,12 @@ def answer_decoder(model, tokenizer, input_ids, max_new_tokens: int, show_progre
     """The greedy answer after the prompt; a progress bar counts the segments read into memory."""
     n_segments = math.ceil(input_ids.shape[1] / model.segment_size)
     bar = tqdm(total=n_segments, desc="segments", disable=not show_progress)
+
+    def count_segment(*_):  # returns None: a forward hook's return value would replace the cell's output
+        bar.update(1)
+
     # the wrapper's loop calls the memory cell once per segment before the last, which generates
-    hook = model.rmt.memory_cell.register_forward_hook(lambda *_: bar.update(1))
+    hook = model.rmt.memory_cell.register_forward_hook(count_segment)
     try:
         with torch.no_grad():
             generated = model.generate(input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id(tokenizer),

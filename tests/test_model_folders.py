@@ -127,7 +127,7 @@ def test_push_to_hub_uploads_config_weights_and_tokenizer(tokenizer, monkeypatch
 # ---- exported run folders -------------------------------------------------------------------------------------
 
 def train_run(tmp_path: Path, model_type: str) -> Path:
-    """A tiny qa1 curriculum (1 then 2 segments, also evaluated at 3); returns the last stage's run folder."""
+    """A tiny qa1 curriculum (4 then 5 segments, also evaluated at 6); returns the last stage's run folder."""
     import run_finetuning_babilong_rmt as run_babilong
     babi = tmp_path / "babi"
     generate_babi.generate(str(babi), ["qa1"], 20, 10, seed=0)
@@ -135,11 +135,11 @@ def train_run(tmp_path: Path, model_type: str) -> Path:
     config.write_text(json.dumps(TINY_BERT if model_type == "encoder" else TINY_GPT2))
     run_babilong.main(["--task", "qa1", "--babi_path", str(babi), "--model_type", model_type, "--model_cfg",
                        str(config), "--input_size", str(INPUT_SIZE), "--num_mem_tokens", str(NUM_MEM_TOKENS),
-                       "--curriculum", "1,2", "--eval_n_segments", "3", "--num_valid_samples", "4",
+                       "--curriculum", "4,5", "--eval_n_segments", "6", "--num_valid_samples", "4",
                        "--batch_size", "2", "--iters", "2", "--lr", "1e-3", "--valid_interval", "2", "--save_best",
                        "--optimize_metric", "exact_match", "--optimize_mode", "max",
                        "--model_path", str(tmp_path / "runs" / "seg{n_segments}")])
-    return tmp_path / "runs" / "seg2"
+    return tmp_path / "runs" / "seg5"
 
 
 @pytest.fixture(scope="module", params=["encoder", "decoder"])
@@ -167,11 +167,11 @@ def test_the_card_tables_equal_the_records_and_the_curriculum(exported):
     rows = card_rows(card, "## Accuracy against input length")
     assert [(int(r[3]), int(r[4].replace(",", "")), float(r[5]), int(r[6])) for r in rows] == [
         (p["n_segments"], p["input_seq_len"], round(p["accuracy"], 1), p["n_samples"]) for p in points]
-    assert [r["n_segments"] for r in points] == [1, 2, 3]
+    assert [r["n_segments"] for r in points] == [5, 6]  # the stage at its length, then the longer evaluation
     stages = card_rows(card, "## Curriculum")
     assert [(int(s[1]), int(s[2])) for s in stages] == [
         (n, json.loads((run_dir.parent / f"seg{n}" / CONFIG_FILE).read_text())["args"]["input_seq_len"])
-        for n in (1, 2)]
+        for n in (4, 5)]
     assert f"![accuracy against input length]({export.PLOT_FILE})" in card
     assert (out / export.PLOT_FILE).read_bytes().startswith(b"\x89PNG")
     command = card.split("```bash\n", 1)[1].split("\n```", 1)[0]
