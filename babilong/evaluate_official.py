@@ -297,8 +297,8 @@ def run_predictor(run_dir: str, batch_size: int) -> Predictor:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_cpt", required=True, help="Run folder with config.json and model_best.pth, or a model folder of "
-                                                          "python -m babilong.export")
+    parser.add_argument("--model_cpt", required=True,
+                        help="Run folder with config.json and model_best.pth, or a model folder of babilong.export")
     parser.add_argument("--dataset", default="RMT-team/babilong",
                         help="Hub name (RMT-team/babilong, RMT-team/babilong-1k-samples) or a local folder of "
                              "save_to_disk sets, one per length")
