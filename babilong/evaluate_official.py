@@ -7,6 +7,8 @@ fields `input` (background with the facts inside), `question` and `target`.
     python -m babilong.evaluate_official --model_cpt RUN_DIR --dataset RMT-team/babilong \
         --lengths 0k,4k --tasks qa1,qa2 --out DIR
 
+`--model_cpt` is a run folder or a model folder written by `python -m babilong.export` (babilong.model_folder).
+
 `--dataset` is a hub name or a local folder holding one `save_to_disk` DatasetDict per length
 (`DIR/0k`, `DIR/4k`, ...; e.g. `load_dataset("RMT-team/babilong", "4k").save_to_disk("data/babilong/4k")`).
 An encoder checkpoint (the AAAI-24 paper's classifier) answers with the label of its highest logit over the
@@ -43,6 +45,7 @@ from lm_experiments_tools.runs import LOG_FORMAT, exit_on_bad_input, load_run_we
 from lm_experiments_tools.utils import CONFIG_FILE
 
 from .dataset import GEN_TEXT, pad_sequences
+from .model_folder import is_model_folder, load_model_folder
 from .tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -327,8 +330,12 @@ def decoder_answer(model, tokenizer, max_new_tokens: int) -> Callable:
 
 
 def run_predictor(run_dir: str, batch_size: int) -> Predictor:
-    args, tokenizer, model, labels = load_run(run_dir)
-    if args.model_type == "encoder":
+    if is_model_folder(run_dir):  # a model folder of babilong.export, loaded with from_pretrained
+        model_type, tokenizer, model, labels = load_model_folder(run_dir)
+    else:
+        args, tokenizer, model, labels = load_run(run_dir)
+        model_type = args.model_type
+    if model_type == "encoder":
         return Predictor(encoder_answer(model, tokenizer, labels), tuple(labels), batch_size)
     max_new_tokens = max(len(tokenizer.encode(label, add_special_tokens=False)) for label in labels) + 1
     return Predictor(decoder_answer(model, tokenizer, max_new_tokens), None, batch_size)
@@ -338,7 +345,8 @@ def run_predictor(run_dir: str, batch_size: int) -> Predictor:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model_cpt", required=True, help="Run folder with config.json and model_best.pth")
+    parser.add_argument("--model_cpt", required=True,
+                        help="Run folder with config.json and model_best.pth, or a model folder of babilong.export")
     parser.add_argument("--dataset", default="RMT-team/babilong",
                         help="Hub name (RMT-team/babilong, RMT-team/babilong-1k-samples) or a local folder of "
                              "save_to_disk sets, one per length")

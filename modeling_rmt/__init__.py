@@ -2,5 +2,10 @@
 a decoder LM; both can checkpoint segments (`segment_checkpointing=True`) to train through many segments."""
 from modeling_rmt.decoder import MemoryCell, RecurrentWrapper
 from modeling_rmt.encoder import RMTEncoderForSequenceClassification
+from modeling_rmt.pretrained import (RMTDecoderConfig, RMTEncoderConfig, RMTForCausalLM, RMTForSequenceClassification,
+                                     register_auto_classes)
 
-__all__ = ["MemoryCell", "RecurrentWrapper", "RMTEncoderForSequenceClassification"]
+register_auto_classes()  # the RMT model types become known to transformers' Auto classes (modeling_rmt.pretrained)
+
+__all__ = ["MemoryCell", "RecurrentWrapper", "RMTEncoderForSequenceClassification", "RMTEncoderConfig",
+           "RMTDecoderConfig", "RMTForSequenceClassification", "RMTForCausalLM"]

@@ -94,6 +94,22 @@ def test_long_stage_is_evaluated_at_every_trained_length_and_16x(main_job):
     assert (main_job / "accuracy_vs_length.png").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_the_long_stage_is_exported_as_a_model_folder(main_job):
+    (long_dir,) = main_job.glob("memorize/*/*_seg3_*/run_1")
+    model_dir = main_job / "model"
+    config = json.loads((model_dir / CONFIG_FILE).read_text())
+    assert config["model_type"] == "rmt_encoder" and config["max_n_segments"] == 3
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer_config.json").is_file()
+    from safetensors.torch import load_file
+    saved = load_file(model_dir / "model.safetensors")
+    best = torch.load(long_dir / BEST_CHECKPOINT_NAME, weights_only=True)["model_state_dict"]
+    assert saved.keys() == {f"rmt.{name}" for name in best}
+    assert all(torch.equal(saved[f"rmt.{name}"], tensor) for name, tensor in best.items())
+    assert (model_dir / "README.md").read_text().startswith("---\nlibrary_name: transformers")
+    assert (model_dir / "accuracy_vs_length.png").stat().st_size > 0
+
+
 PAPER_FIGURE = REPO_ROOT / "scripts" / "babilong" / "offline_paper_figure.sh"
 
 

@@ -9,6 +9,8 @@
 #      point, so accuracy holds far past the trained length (babilong/RESULTS.md has the experiments).
 #   3. The long stage's best checkpoint is evaluated on EVAL_NUM_VALID_SAMPLES samples at every trained length
 #      and at 16x the longest (96 segments, 5,472 tokens), and the accuracy-vs-length plot is written.
+#   4. That checkpoint is exported as a Hugging Face model folder with a model card into MODEL_DIR (RUNS_DIR/model),
+#      for `python -m babilong.answer` and `from_pretrained`.
 # 100k and 1M-token evaluations are a separate command (docs/results.md, "The main job (offline default)"). Run
 # folders, tensorboard events, best checkpoints and results.jsonl files go under RUNS_DIR. Every variable can be
 # overridden from the environment.
@@ -60,3 +62,5 @@ EVAL_SEGMENTS=${EVAL_SEGMENTS:-$SEGMENTS $LONG_SEGMENTS $(( 16 * LAST_SEGMENTS )
 MODEL_CPT="$BEST_RUN" SEGMENTS="$EVAL_SEGMENTS" BS="$EVAL_BS" NUM_VALID_SAMPLES="$EVAL_NUM_VALID_SAMPLES" \
     "$SCRIPT_DIR/eval_babilong_rmt_from_cpt.sh" "$@"
 python -m babilong.plot "$RUNS_DIR" -o "$RUNS_DIR/accuracy_vs_length.png"
+# the long stage's model as a Hugging Face model folder with its model card (babilong.export)
+python -m babilong.export "$BEST_RUN" --out "${MODEL_DIR:-$RUNS_DIR/model}"

@@ -1,0 +1,107 @@
+"""Model folders: a trained RMT saved the Hugging Face way (config.json, model.safetensors, the tokenizer), as
+`babilong.export` writes it and `babilong.answer` and `babilong.evaluate_official` read it.
+
+A folder is checked from its JSON files alone before anything is loaded, so that nothing in it chooses code to
+run: its config.json must name one of the RMT model types (`modeling_rmt.pretrained`), its backbone a
+transformers model type with a head of the right kind, and neither the model's nor the tokenizer's config may
+carry an `auto_map` (remote code) or name an architecture outside this project. The backbone class then comes
+from transformers' own Auto mapping; nothing is imported from the folder and `trust_remote_code` stays off.
+"""
+import json
+from pathlib import Path
+
+from lm_experiments_tools.errors import BadInputError
+from lm_experiments_tools.offline_model import ensure_pad_and_eos
+from lm_experiments_tools.utils import CONFIG_FILE
+
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# model type of the folder -> (model_type of babilong runs, the project's class, transformers' head mapping)
+FOLDER_TYPES = {"rmt_encoder": ("encoder", "RMTForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION"),
+                "rmt_decoder": ("decoder", "RMTForCausalLM", "MODEL_FOR_CAUSAL_LM")}
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file; BadInputError naming the file when it is not one."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BadInputError(f"{path} is not JSON ({error}): expected a JSON object") from error
+    if not isinstance(values, dict):
+        raise BadInputError(f"{path} holds a {type(values).__name__}: expected a JSON object")
+    return values
+
+
+def is_model_folder(path) -> bool:
+    """Whether `path` is meant as a model folder: its config.json has a model_type (a run folder's has args)."""
+    config_file = Path(path) / CONFIG_FILE
+    if not config_file.is_file():
+        return False
+    try:
+        return "model_type" in json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        return False
+
+
+def _head_model_types(mapping: str) -> set:
+    """The transformers model types with a head of the given kind (its Auto mapping, by name only)."""
+    from transformers.models.auto import modeling_auto
+    return set(getattr(modeling_auto, f"{mapping}_MAPPING_NAMES"))
+
+
+def check_model_folder(path) -> dict:
+    """The folder's config.json values once the folder is checked; BadInputError names the first problem.
+
+    Checked, from the JSON files only: config.json with an RMT model_type, architectures of this project only, no
+    auto_map in the model's, the backbone's or the tokenizer's config, a backbone model_type transformers knows
+    with the right head, the weights file and the tokenizer.
+    """
+    folder = Path(path)
+    if not (folder / CONFIG_FILE).is_file():
+        raise BadInputError(f"{str(folder)!r} has no {CONFIG_FILE}: expected a model folder written by "
+                            "python -m babilong.export")
+    config = read_json(folder / CONFIG_FILE)
+    model_type = config.get("model_type")
+    if model_type not in FOLDER_TYPES:
+        raise BadInputError(f"{folder / CONFIG_FILE}: model_type {model_type!r}: expected an RMT model folder "
+                            f"(model_type {' or '.join(FOLDER_TYPES)}) written by python -m babilong.export")
+    _, class_name, head = FOLDER_TYPES[model_type]
+    backbone = config.get("backbone_model_config")
+    if not isinstance(backbone, dict):
+        raise BadInputError(f"{folder / CONFIG_FILE}: no backbone_model_config object: expected the backbone's "
+                            "config inside")
+    for where, values in (("config", config), ("backbone_model_config", backbone)):
+        if values.get("auto_map"):
+            raise BadInputError(f"{folder / CONFIG_FILE}: {where} has auto_map {values['auto_map']!r}: expected no "
+                                "remote code (classes come from this project and transformers only)")
+    architectures = config.get("architectures") or [class_name]
+    if architectures != [class_name]:
+        raise BadInputError(f"{folder / CONFIG_FILE}: architectures {architectures!r}: expected [{class_name!r}]")
+    if backbone.get("model_type") not in _head_model_types(head):
+        raise BadInputError(f"{folder / CONFIG_FILE}: backbone model_type {backbone.get('model_type')!r}: expected a "
+                            f"transformers model type with a {head.lower().replace('model_for_', '')} head")
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise BadInputError(f"{str(folder)!r} has no {WEIGHTS_FILE}: expected the model's weights")
+    if not (folder / TOKENIZER_CONFIG_FILE).is_file():
+        raise BadInputError(f"{str(folder)!r} has no tokenizer ({TOKENIZER_CONFIG_FILE}): expected the tokenizer "
+                            "saved with the model")
+    tokenizer_config = read_json(folder / TOKENIZER_CONFIG_FILE)
+    if tokenizer_config.get("auto_map"):
+        raise BadInputError(f"{folder / TOKENIZER_CONFIG_FILE} has auto_map {tokenizer_config['auto_map']!r}: expected "
+                            "no remote code")
+    return config
+
+
+def load_model_folder(path) -> tuple:
+    """(run model type 'encoder' or 'decoder', tokenizer, model in eval mode, answer labels) of a checked model
+    folder, loaded with the Auto class of its type (no trust_remote_code)."""
+    config = check_model_folder(path)
+    import modeling_rmt  # registers the RMT model types with the Auto classes
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    model_type = FOLDER_TYPES[config["model_type"]][0]
+    auto_class = AutoModelForSequenceClassification if model_type == "encoder" else AutoModelForCausalLM
+    model = auto_class.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+    if not isinstance(model, modeling_rmt.RMTForSequenceClassification | modeling_rmt.RMTForCausalLM):
+        raise BadInputError(f"{path}: loaded a {type(model).__name__}: expected an RMT model")
+    labels = model.config.task_labels or list((model.config.id2label or {}).values())
+    return model_type, ensure_pad_and_eos(model.tokenizer), model.eval(), labels
