@@ -40,7 +40,7 @@ from lm_experiments_tools.run_folder import exit_with_one_line, raise_on_parse_e
 from lm_experiments_tools.trainer import Trainer
 from lm_experiments_tools.trainer_args import TrainerArgs
 from lm_experiments_tools.utils import get_cls_by_name, get_optimizer, init_distributed, prepare_run
-from modeling_rmt.associative import MEMORY_TYPES
+from modeling_rmt.associative import MEMORY_TYPES, associative_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,9 @@ class RunArgs:
         "tokens", f"Memory: {' or '.join(MEMORY_TYPES)} (tokens: the paper's memory tokens; associative: ARMT's "
                   "key-value memory in every layer, written by num_mem_tokens write tokens)")
     d_mem: int = help_field(64, "Associative memory: size of its keys and queries before DPFP (6 * d_mem features)")
+    memory_lr_scale: float = help_field(
+        1.0, "Associative memory: its projections (W_Q, W_K, W_V, W_beta start from scratch, W_V at zero) train at "
+             "this multiple of --lr; 1: the backbone's lr")
 
     @property
     def bptt_segments(self) -> int:
@@ -145,6 +148,11 @@ def check_args(args: RunArgs, trainer_args: TrainerArgs) -> None:
         raise BadInputError(f"--memory_type {args.memory_type!r}: expected one of {', '.join(MEMORY_TYPES)}")
     if args.d_mem < 1:
         raise BadInputError(f"--d_mem {args.d_mem}: expected a positive integer")
+    if not (math.isfinite(args.memory_lr_scale) and args.memory_lr_scale > 0):
+        raise BadInputError(f"--memory_lr_scale {args.memory_lr_scale}: expected a finite number > 0")
+    if args.memory_lr_scale != 1.0 and args.memory_type != "associative":
+        raise BadInputError(f"--memory_lr_scale {args.memory_lr_scale} with --memory_type {args.memory_type}: "
+                            "expected --memory_type associative (the memory tokens train with the backbone)")
     if args.memory_type == "associative" and getattr(args, "num_mem_tokens", 1) < 1:
         raise BadInputError(f"--memory_type associative with --num_mem_tokens {args.num_mem_tokens}: expected at least "
                             "one memory token to write the memory")
@@ -338,10 +346,21 @@ def eval_batches(dataset, trainer_args: TrainerArgs, *, context, collate_fn, num
 
 # ---- trainer --------------------------------------------------------------------------------------------------
 
+def parameter_groups(model: torch.nn.Module, memory_lr_scale: float) -> list:
+    """The model's parameters in one group, or two when the associative memory trains at its own multiple of --lr
+    (the Trainer reads a group's `lr_scale`)."""
+    memory = {id(p) for p in associative_parameters(model)} if memory_lr_scale != 1.0 else set()
+    if not memory:
+        return [{"params": list(model.parameters())}]
+    rest = [p for p in model.parameters() if id(p) not in memory]
+    own = [p for p in model.parameters() if id(p) in memory]
+    return [{"params": rest}, {"params": own, "lr_scale": memory_lr_scale}]
+
+
 def build_optimizer(args: RunArgs, trainer_args: TrainerArgs, model: torch.nn.Module):
     """The optimizer named by --optimizer over all parameters, with --weight_decay and --lr when given."""
     kwargs = {"weight_decay": args.weight_decay, **({"lr": trainer_args.lr} if trainer_args.lr is not None else {})}
-    return get_optimizer(args.optimizer)(model.parameters(), **kwargs)
+    return get_optimizer(args.optimizer)(parameter_groups(model, args.memory_lr_scale), **kwargs)
 
 
 def make_trainer(trainer_args: TrainerArgs, args: RunArgs, *, model, valid, train: TrainBatches = None,

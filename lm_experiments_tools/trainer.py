@@ -147,9 +147,9 @@ class Trainer:
         self.ddp_model = self._wrap_for_processes(self.model)
         self.optimizer = optimizer
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        if self.args.lr is not None:
+        if self.args.lr is not None:  # a group may run at a multiple of --lr (e.g. parameters that start from scratch)
             for group in optimizer.param_groups:
-                group["lr"] = self.args.lr
+                group["lr"] = self.args.lr * group.get("lr_scale", 1.0)
         has_train_data = train_dataloader is not None
         self.batch_stream = TrainBatchStream(train_dataloader, train_sampler) if has_train_data else None
         self.batch_transform_fn = batch_transform_fn

@@ -34,6 +34,11 @@ def check_memory_type(memory_type, d_mem, num_mem_tokens):
                          "memory token to write the memory")
 
 
+def associative_parameters(model):
+    """The parameters of every associative memory inside `model` (its projections, which start from scratch)."""
+    return [p for module in model.modules() if isinstance(module, AssociativeMemory) for p in module.parameters()]
+
+
 def dpfp(x, nu=DPFP_NU):
     """Deterministic parameter-free projection (Schlag et al. 2021): (..., d) -> (..., 2 * nu * d), all >= 0."""
     x = torch.cat([F.relu(x), F.relu(-x)], dim=-1)  # (..., 2d)

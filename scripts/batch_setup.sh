@@ -4,7 +4,8 @@
 # scripts/launch.sh, sourced before this file). RESUME=1 / OVERWRITE=1 append --resume / --overwrite to the
 # launcher's arguments (continue the run in MODEL_PATH, or start it over deleting its checkpoints); SEGMENT_CHECKPOINTING=1 appends
 # --segment_checkpointing (memory-bounded BPTT) and preloads MALLOC_PRELOAD (tcmalloc). MEMORY_TYPE other than
-# tokens appends --memory_type and --d_mem D_MEM (the run script checks both). Bad values stop with one line, exit 2.
+# tokens appends --memory_type, --d_mem D_MEM and --memory_lr_scale MEMORY_LR_SCALE (the run script checks them).
+# Bad values stop with one line, exit 2.
 INTEGER_VARIABLES="VALID_INTERVAL WARMUP PATIENCE INPUT_SIZE MEMORY_SIZE MAX_N_SEGMENTS K2 SEED RUN_N
                    NUM_VALID_SAMPLES LOG_INTERVAL D_MEM"
 for name in NP ITERS TBS BS; do
@@ -25,7 +26,9 @@ GRAD_ACC=$(( TBS / (BS * PROCESSES) ))
 if (( ${RESUME:-0} )); then set -- "$@" --resume; fi
 if (( ${OVERWRITE:-0} )); then set -- "$@" --overwrite; fi
 if (( ${SEGMENT_CHECKPOINTING:-0} )); then set -- "$@" --segment_checkpointing; fi
-if [[ ${MEMORY_TYPE:-tokens} != tokens ]]; then set -- "$@" --memory_type "$MEMORY_TYPE" --d_mem "${D_MEM:-64}"; fi
+if [[ ${MEMORY_TYPE:-tokens} != tokens ]]; then
+    set -- "$@" --memory_type "$MEMORY_TYPE" --d_mem "${D_MEM:-64}" --memory_lr_scale "${MEMORY_LR_SCALE:-1}"
+fi
 # With segment checkpointing, glibc's malloc fragments its heap (each segment's activations are recomputed and freed
 # around small long-lived blocks), so that peak CPU memory grows with the number of segments; tcmalloc keeps it flat
 # and was faster than glibc's malloc here (docs/performance.md, "Memory-bounded BPTT (segment checkpointing)").

@@ -110,8 +110,23 @@ def test_an_arxiv_run_trains_the_associative_memory(tmp_path):
     assert "memory_cell.associative.layers.0.beta.bias" in weights
 
 
+def test_memory_lr_scale_trains_the_associative_memory_at_its_own_lr(configs, tmp_path):
+    folder = tmp_path / "run"
+    run_babilong.main(babilong_args(configs["encoder"], *ASSOCIATIVE, "--memory_lr_scale", "10", "--curriculum", "2",
+                                    "--iters", "1", "--model_path", str(folder)))
+    checkpoint = load_checkpoint(folder / BEST_CHECKPOINT_NAME)
+    groups = checkpoint["optimizer_state_dict"]["param_groups"]
+    assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, 10.0]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-2])
+    # after one AdamW step from zero, W_V moved by the memory's lr (Adam's first step is lr * sign(grad))
+    value = checkpoint["model_state_dict"]["associative.layers.0.value.weight"]
+    assert value.abs().max().item() == pytest.approx(1e-2, rel=1e-3)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--memory_type", "assoc"], "--memory_type 'assoc': expected one of tokens, associative"),
+    (["--memory_type", "associative", "--memory_lr_scale", "0"], "--memory_lr_scale 0.0: expected a finite number > 0"),
+    (["--memory_lr_scale", "10"], "--memory_lr_scale 10.0 with --memory_type tokens: expected --memory_type associative"),
     (["--memory_type", "associative", "--d_mem", "0"], "--d_mem 0: expected a positive integer"),
     (["--memory_type", "associative", "--num_mem_tokens", "0"], "--num_mem_tokens 0: expected at least one"),
 ])
@@ -127,6 +142,10 @@ def test_launchers_pass_the_memory_type(launcher, stubs, tmp_path):  # noqa: F81
     assert finished.returncode == 0, finished.stderr
     options = option_values(calls[-1])
     assert options["--memory_type"] == "associative" and options["--d_mem"] == "16"
-    assert "associative16" in options["--model_path"]
+    assert options["--memory_lr_scale"] == "1" and "associative16_" in options["--model_path"]
+    finished, calls = run_launcher(SCRIPTS / launcher, stubs, {"MEMORY_TYPE": "associative", "MEMORY_LR_SCALE": "10"},
+                                   tmp_path)
+    options = option_values(calls[-1])
+    assert options["--memory_lr_scale"] == "10" and "associative64x10_" in options["--model_path"]
     finished, calls = run_launcher(SCRIPTS / launcher, stubs, {}, tmp_path)
     assert "--memory_type" not in option_values(calls[-1])  # the paper's memory tokens by default

@@ -16,6 +16,7 @@ INPUT_SIZE=${INPUT_SIZE:-1024}           # tokens per forward: segment + 2 * MEM
 MEMORY_SIZE=${MEMORY_SIZE:-2}            # memory tokens; 0 = no-memory baseline
 MEMORY_TYPE=${MEMORY_TYPE:-tokens}       # tokens (the paper's RMT) or associative (ARMT, docs/design.md)
 D_MEM=${D_MEM:-64}                       # associative memory: key size before DPFP
+MEMORY_LR_SCALE=${MEMORY_LR_SCALE:-1}    # associative memory: its projections train at this multiple of LR
 MAX_N_SEGMENTS=${MAX_N_SEGMENTS:-2}      # blocks per sample (scored block + history)
 K2=${K2:--1}                             # truncated BPTT depth in segments; -1 = full
 ITERS=${ITERS:-10000}                    # optimizer steps (our choice; the paper does not state it for ArXiv)
@@ -35,6 +36,7 @@ NUM_VALID_SAMPLES=${NUM_VALID_SAMPLES:-} # evenly spaced validation/test samples
 PATIENCE=${PATIENCE:-15}                 # early stopping, in validations
 MODEL_TAG=${MODEL_NAME:-gpt2-small-scratch}
 MEMORY_TAG=""; [[ $MEMORY_TYPE == tokens ]] || MEMORY_TAG="${MEMORY_TYPE}${D_MEM}"  # e.g. mem2associative64
+[[ $MEMORY_TYPE == tokens || $MEMORY_LR_SCALE == 1 ]] || MEMORY_TAG+="x${MEMORY_LR_SCALE}"  # e.g. ...associative64x10
 SETTING=lm_in${INPUT_SIZE}_mem${MEMORY_SIZE}${MEMORY_TAG}_seg${MAX_N_SEGMENTS}_k2${K2}_tbs${TBS}_lr${LR}
 MODEL_PATH=${MODEL_PATH:-$RUNS_DIR/arxiv/${MODEL_TAG//\//_}/$SETTING/run_$RUN_N}
 

@@ -21,6 +21,7 @@ INPUT_SIZE=${INPUT_SIZE:-512}                 # ids per segment, memory and spec
 MEMORY_SIZE=${MEMORY_SIZE:-10}                # memory tokens
 MEMORY_TYPE=${MEMORY_TYPE:-tokens}            # tokens (the paper's RMT) or associative (ARMT, docs/design.md)
 D_MEM=${D_MEM:-64}                            # associative memory: key size before DPFP
+MEMORY_LR_SCALE=${MEMORY_LR_SCALE:-1}         # associative memory: its projections train at this multiple of LR
 MAX_N_SEGMENTS=${MAX_N_SEGMENTS:-1}
 SEGMENTS=${SEGMENTS:-$MAX_N_SEGMENTS}         # one count, or a curriculum such as "1 2 3 4 5 6 7"
 ITERS=${ITERS:-3000}                          # optimizer steps per stage

@@ -53,6 +53,7 @@ INPUT_SIZE=${INPUT_SIZE:-96}
 MEMORY_SIZE=${MEMORY_SIZE:-4}
 MEMORY_TYPE=${MEMORY_TYPE:-tokens}              # tokens (RMT) or associative (ARMT)
 D_MEM=${D_MEM:-64}                              # associative memory: key size before DPFP
+MEMORY_LR_SCALE=${MEMORY_LR_SCALE:-1}           # associative memory: its projections train at this multiple of LR
 TBS=${TBS:-16}
 BS=${BS:-16}
 BF16=${BF16:-auto}                              # 1: train under bf16 autocast; auto: when the CPU has native bf16
@@ -63,7 +64,7 @@ case $BF16 in  # with native bf16 (AVX-512 BF16, AMX) a step is 1.5x faster; wit
 esac
 PRECISION=()
 if (( BF16 )); then PRECISION=(--bf16); fi
-export MODEL_NAME="" NOISE_DATASET=default BABI_PATH MEMORY_SIZE MEMORY_TYPE D_MEM TBS BS LR RUNS_DIR
+export MODEL_NAME="" NOISE_DATASET=default BABI_PATH MEMORY_SIZE MEMORY_TYPE D_MEM MEMORY_LR_SCALE TBS BS LR RUNS_DIR
 source "$SCRIPT_DIR/run_dirs.sh"
 
 run_dir() {  # the run folder finetune_babilong_rmt.sh writes for task $1, input size $2, segment count $3
