@@ -239,7 +239,8 @@ class RMTForSequenceClassification(RMTPreTrainedModel):
         labels = list(task_labels) if task_labels is not None else None
         return RMTEncoderConfig(
             backbone_model_config=backbone_config_dict(wrapper.model, wrapper.num_mem_tokens),
-            memory_config=saved_memory_config(wrapper), sum_loss=wrapper.sum_loss, layout_token_ids=special_token_ids(tokenizer), task=task, task_labels=labels,
+            memory_config=saved_memory_config(wrapper), sum_loss=wrapper.sum_loss,
+            layout_token_ids=special_token_ids(tokenizer), task=task, task_labels=labels,
             id2label=dict(enumerate(labels)) if labels else None)
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
@@ -263,7 +264,8 @@ class RMTForCausalLM(RMTPreTrainedModel):
     def config_from_wrapper(cls, wrapper, tokenizer, task=None, task_labels=None) -> RMTDecoderConfig:
         return RMTDecoderConfig(
             backbone_model_config=backbone_config_dict(wrapper.memory_cell.model),
-            memory_config=saved_memory_config(wrapper), task=task, task_labels=list(task_labels) if task_labels is not None else None)
+            memory_config=saved_memory_config(wrapper), task=task,
+            task_labels=list(task_labels) if task_labels is not None else None)
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         """The wrapper's forward (labels_mask, return_logits, ... pass through)."""
