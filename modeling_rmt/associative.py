@@ -17,21 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MEMORY_TYPES = ("tokens", "associative")
+from modeling_rmt.memory_config import MEMORY_TYPES  # noqa: F401 (the memory types, imported from here by runs.py)
+
 DPFP_NU = 3  # DPFP-3: 2 * 3 = 6 features per key dimension
 EPS = 1e-5
-
-
-def check_memory_type(memory_type, d_mem, num_mem_tokens):
-    """Raise ValueError for a memory type outside MEMORY_TYPES, d_mem < 1, or associative memory with no
-    memory tokens to write it."""
-    if memory_type not in MEMORY_TYPES:
-        raise ValueError(f"memory_type={memory_type!r}; expected one of {', '.join(MEMORY_TYPES)}")
-    if not isinstance(d_mem, int) or d_mem < 1:
-        raise ValueError(f"d_mem={d_mem!r}; expected an integer >= 1")
-    if memory_type == "associative" and num_mem_tokens < 1:
-        raise ValueError(f"memory_type='associative' with num_mem_tokens={num_mem_tokens}: expected at least one "
-                         "memory token to write the memory")
 
 
 def associative_parameters(model):

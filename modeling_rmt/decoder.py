@@ -15,17 +15,15 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
-from modeling_rmt.associative import AssociativeMemory, check_memory_type
+from modeling_rmt.associative import AssociativeMemory
+from modeling_rmt.memory_config import (MemoryConfig, UsesMemoryConfig, memory_config_or_keywords,
+                                        memory_positions)  # noqa: F401 (memory_positions: imported from here too)
 from modeling_rmt.segments import (
     call_segment,
-    check_bptt_depth,
-    check_memory_args,
     check_per_segment_outputs,
-    check_segment_checkpointing,
     input_embeddings,
     map_state,
     memory_for_segment,
-    resolve_alignment,
     segment_boundaries,
     where_started,
 )
@@ -53,19 +51,27 @@ def shifted_targets(labels, labels_mask, attention_mask):
     return F.pad(targets, (0, 1), value=IGNORE_INDEX)
 
 
-def memory_positions(num_mem_tokens, memory_type="tokens"):
-    """Positions of a segment the memory takes: read and write (2m) for memory tokens, write only (m) for the
-    associative memory; the segment holds `input_size - memory_positions(...)` tokens."""
-    return num_mem_tokens if memory_type == "associative" else 2 * num_mem_tokens
-
-
 def positions_from_mask(attention_mask):
     """(B, T) 0/1 mask -> (B, T) position ids that skip masked positions, as `generate` computes them."""
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-class MemoryCell(nn.Module):
+def check_same_memory(memory_config, cell_config):
+    """Raise ValueError unless `memory_config` has segments and the memory of the cell's configuration."""
+    if memory_config.input_size is None:
+        raise ValueError("memory_config.input_size=None; expected the ids per backbone call: RecurrentWrapper "
+                         "needs its segments (or segment_size=)")
+    for name in ("num_mem_tokens", "memory_type", "d_mem"):
+        if getattr(memory_config, name) != getattr(cell_config, name):
+            raise ValueError(f"memory_config.{name}={getattr(memory_config, name)!r} but the memory cell has "
+                             f"{name}={getattr(cell_config, name)!r}; expected the cell's memory")
+
+
+class MemoryCell(UsesMemoryConfig, nn.Module):
     """One segment step of the decoder RMT: `[memory read] tokens [memory write]` through a causal LM.
+
+    Takes `memory_config` (a MemoryConfig with layout 'decoder', of which it uses the memory: num_mem_tokens,
+    memory_type, d_mem), or the seed's memory keywords, which build one without segments (input_size None).
 
     Args:
         base_model: a Hugging Face causal LM that accepts `inputs_embeds`.
@@ -73,20 +79,23 @@ class MemoryCell(nn.Module):
         memory_type: 'tokens' (the paper) or 'associative' (ARMT: the m vectors are the write embeddings, the same in
             every segment, and the memory state is every layer's (A, z)).
         d_mem: associative memory only: size of its keys and queries before DPFP (the ARMT paper: 64).
+        memory_config: in place of the three keywords; RecurrentWrapper(cell) then takes its segments from it.
     """
 
-    def __init__(self, base_model, num_mem_tokens, memory_type="tokens", d_mem=64):
+    def __init__(self, base_model, num_mem_tokens=None, memory_type="tokens", d_mem=64, *, memory_config=None):
         super().__init__()
-        check_memory_args(num_mem_tokens)
-        check_memory_type(memory_type, d_mem, num_mem_tokens)
+        keywords = {"num_mem_tokens": num_mem_tokens, "memory_type": memory_type, "d_mem": d_mem}
+        self.memory_config = memory_config_or_keywords(
+            memory_config, "decoder", keywords, MemoryCell.__init__,
+            lambda: MemoryConfig(layout="decoder", num_mem_tokens=num_mem_tokens, memory_type=memory_type,
+                                 d_mem=d_mem))
         embeddings = input_embeddings(base_model)
         self.model = base_model
-        self.num_mem_tokens = num_mem_tokens
-        self.memory_type = memory_type
-        self.associative = AssociativeMemory(base_model, d_mem) if memory_type == "associative" else None
+        self.associative = (AssociativeMemory(base_model, self.memory_config.d_mem)
+                            if self.memory_type == "associative" else None)
         # docs/design.md: random normal scaled to the spread of the token embeddings
         weight = embeddings.weight.detach()
-        self.memory = nn.Parameter(torch.randn(num_mem_tokens, weight.shape[1], dtype=weight.dtype,
+        self.memory = nn.Parameter(torch.randn(self.num_mem_tokens, weight.shape[1], dtype=weight.dtype,
                                                device=weight.device) * weight.float().std().to(weight.dtype))
         self.accepts_position_ids = "position_ids" in inspect.signature(base_model.forward).parameters
 
@@ -172,12 +181,20 @@ class MemoryCell(nn.Module):
         return inputs
 
 
-class RecurrentWrapper(nn.Module):
+class RecurrentWrapper(UsesMemoryConfig, nn.Module):
     """Run a `MemoryCell` over the segments of a long sequence and compute the language-modelling loss.
 
     The sequence is cut at the same positions for the whole batch (`segment_alignment`, default 'right', so
     left padding stays in the leading segments). A sample whose segment is all padding keeps its memory, so a
     left-padded sample gives the same result as the sample alone.
+
+        RecurrentWrapper(MemoryCell(gpt2, memory_config=MemoryConfig(layout="decoder", num_mem_tokens=2,
+                                                                     input_size=1024, max_n_segments=4)))
+
+    The segment keywords (segment_size .. segment_checkpointing, the seed's signature) build the same
+    MemoryConfig from the cell's memory (input_size = segment_size + the memory positions); without them the
+    wrapper takes `memory_config`, else the cell's. The attributes (`segment_size`, `k2`, ...) are views of
+    `self.memory_config`.
 
     Args:
         memory_cell: a `MemoryCell`.
@@ -190,22 +207,29 @@ class RecurrentWrapper(nn.Module):
             backward pass: training memory stays that of one segment plus the memory state and the inputs of each
             segment, and the (detached) logits unless `forward(return_logits=False)`; gradients stay those of full
             BPTT; each segment costs one more forward pass. The returned logits then have no graph.
+        memory_config: a MemoryConfig with layout 'decoder' and the cell's memory, in place of the keywords.
     """
 
-    def __init__(self, memory_cell, segment_size, max_n_segments, k2=-1, segment_alignment=None,
-                 segment_checkpointing=False):
+    def __init__(self, memory_cell, segment_size=None, max_n_segments=None, k2=-1, segment_alignment=None,
+                 segment_checkpointing=False, *, memory_config=None):
         super().__init__()
-        check_memory_args(memory_cell.num_mem_tokens, max_n_segments)
-        check_bptt_depth("k2", k2, minimum=1)
-        check_segment_checkpointing(segment_checkpointing)
-        if not isinstance(segment_size, int) or segment_size < 1:
-            raise ValueError(f"segment_size={segment_size!r}; expected an integer >= 1")
+        cell = memory_cell.memory_config
+        keywords = {"segment_size": segment_size, "max_n_segments": max_n_segments, "k2": k2,
+                    "segment_alignment": segment_alignment, "segment_checkpointing": segment_checkpointing}
+        if memory_config is None and segment_size is None:
+            memory_config = cell  # RecurrentWrapper(MemoryCell(backbone, memory_config=config))
+        self.memory_config = memory_config_or_keywords(
+            memory_config, "decoder", keywords, RecurrentWrapper.__init__, lambda: MemoryConfig.from_segment_size(
+                segment_size, num_mem_tokens=cell.num_mem_tokens, memory_type=cell.memory_type, d_mem=cell.d_mem,
+                max_n_segments=max_n_segments, bptt_segments=k2, segment_alignment=segment_alignment,
+                segment_checkpointing=segment_checkpointing))
+        check_same_memory(self.memory_config, cell)
         self.memory_cell = memory_cell
-        self.segment_size = segment_size
-        self.max_n_segments = max_n_segments
-        self.k2 = k2
-        self.alignment = resolve_alignment(segment_alignment)
-        self.segment_checkpointing = segment_checkpointing
+
+    @property
+    def k2(self):
+        """Truncated BPTT in segments that gradients flow through (-1: all), the seed's name for this wrapper."""
+        return self.memory_config.bptt_segments
 
     def forward(self, input_ids=None, labels=None, labels_mask=None, attention_mask=None, inputs_embeds=None,
                 output_attentions=None, output_hidden_states=None, return_logits=True):
@@ -299,7 +323,8 @@ class RecurrentWrapper(nn.Module):
         memory = initial_memory
         started = torch.zeros(batch_size, dtype=torch.bool, device=tokens.device)  # seen a non-padding token
         for index, (start, end) in enumerate(spans):
-            memory = memory_for_segment(memory, initial_memory, started, index, len(spans), self.k2 - 1)
+            memory = memory_for_segment(memory, initial_memory, started, index, len(spans),
+                                        self.memory_config.bptt_depth)
             segment_mask = attention_mask[:, start:end]  # (B, S)
             output, new_memory, loss_sum = call_segment(
                 self._segment_step, memory, None if input_ids is None else input_ids[:, start:end],

@@ -12,17 +12,15 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from modeling_rmt.associative import AssociativeMemory, check_memory_type
+from modeling_rmt.associative import AssociativeMemory
+from modeling_rmt.memory_config import (MemoryConfig, UsesMemoryConfig, bptt_segments_from_depth,
+                                        memory_config_or_keywords)
 from modeling_rmt.segments import (
     call_segment,
-    check_bptt_depth,
-    check_memory_args,
     check_per_segment_outputs,
-    check_segment_checkpointing,
     input_embeddings,
     memory_for_segment,
     put_rows,
-    resolve_alignment,
     segment_boundaries,
     take_rows,
 )
@@ -60,13 +58,20 @@ def pack_tokens(input_ids, keep, max_tokens):
     return input_ids.gather(1, order[:, :width]), lengths
 
 
-class RMTEncoderForSequenceClassification(nn.Module):
+class RMTEncoderForSequenceClassification(UsesMemoryConfig, nn.Module):
     """Recurrent memory over the segments of a long input for a `*ForSequenceClassification` backbone.
 
     Each segment is laid out as `[CLS] mem_1..mem_m [SEP] tokens [SEP] pad..` of `input_size` ids, so a segment
     holds `segment_size = input_size - m - 3` tokens (499 for input_size 512 and m = 10, the paper's setting).
     With `num_mem_tokens=0` the layout is the backbone's own `[CLS] tokens [SEP]` (segment_size = input_size - 2)
     and segments are independent: the no-memory baseline.
+
+        RMTEncoderForSequenceClassification(backbone, tokenizer=tokenizer, memory_config=MemoryConfig(
+            layout="encoder", num_mem_tokens=10, input_size=512, max_n_segments=4))
+
+    The memory keywords (num_mem_tokens .. d_mem, the seed's signature) build the same MemoryConfig; pass either
+    them or `memory_config`. The attributes (`segment_size`, `max_n_segments`, ...) are views of
+    `self.memory_config`.
 
     Args:
         base_model: a Hugging Face sequence classifier; its input embeddings are resized by `num_mem_tokens`.
@@ -75,9 +80,10 @@ class RMTEncoderForSequenceClassification(nn.Module):
         tokenizer: the backbone's tokenizer; only its cls, sep, pad (and bos, eos) token ids are used.
         input_size: ids per segment fed to the backbone (at most its max_position_embeddings).
         max_n_segments: at most `segment_size * max_n_segments` tokens of each sample are used (the first ones).
-            A plain attribute: it may be changed after construction, e.g. to evaluate on longer inputs.
+            May be changed after construction, e.g. to evaluate on longer inputs.
         bptt_depth: -1 for full backpropagation through time, or k >= 0: gradient flows through the last k
-            memory transitions only (k = 0: only through the last segment).
+            memory transitions only (k = 0: only through the last segment); the configuration holds k + 1
+            segments (`bptt_segments_from_depth`).
         sum_loss: if True the loss is the mean of the segment losses, else the last segment's loss.
         segment_alignment: 'right' (default, None), 'left' or 'center'; see `modeling_rmt.segments`.
         segment_checkpointing: free each segment's activations after its forward pass and recompute them in the
@@ -86,38 +92,40 @@ class RMTEncoderForSequenceClassification(nn.Module):
         memory_type: 'tokens' (the paper: the memory is the hidden state at the memory positions) or
             'associative' (ARMT: every layer's key-value memory, written from the memory positions).
         d_mem: associative memory only: size of its keys and queries before DPFP (the ARMT paper: 64).
+        memory_config: a MemoryConfig with layout 'encoder', in place of the memory keywords.
     """
 
-    def __init__(self, base_model, num_mem_tokens, tokenizer, input_size, max_n_segments, bptt_depth=-1,
-                 sum_loss=False, segment_alignment=None, segment_checkpointing=False, memory_type="tokens",
-                 d_mem=64):
+    def __init__(self, base_model, num_mem_tokens=None, tokenizer=None, input_size=None, max_n_segments=None,
+                 bptt_depth=-1, sum_loss=False, segment_alignment=None, segment_checkpointing=False,
+                 memory_type="tokens", d_mem=64, *, memory_config=None):
         super().__init__()
-        check_memory_args(num_mem_tokens, max_n_segments)
-        check_memory_type(memory_type, d_mem, num_mem_tokens)
-        check_bptt_depth("bptt_depth", bptt_depth, minimum=0)
-        check_segment_checkpointing(segment_checkpointing)
-        self.alignment = resolve_alignment(segment_alignment)
+        keywords = {"num_mem_tokens": num_mem_tokens, "input_size": input_size, "max_n_segments": max_n_segments,
+                    "bptt_depth": bptt_depth, "segment_alignment": segment_alignment,
+                    "segment_checkpointing": segment_checkpointing, "memory_type": memory_type, "d_mem": d_mem}
+        self.memory_config = memory_config_or_keywords(
+            memory_config, "encoder", keywords, RMTEncoderForSequenceClassification.__init__, lambda: MemoryConfig(
+                layout="encoder", num_mem_tokens=num_mem_tokens, input_size=input_size,
+                max_n_segments=max_n_segments, bptt_segments=bptt_segments_from_depth(bptt_depth),
+                segment_alignment=segment_alignment, segment_checkpointing=segment_checkpointing,
+                memory_type=memory_type, d_mem=d_mem))
         special_ids = special_token_ids(tokenizer)
         embeddings = input_embeddings(base_model)
-        n_layout_tokens = num_mem_tokens + 3 if num_mem_tokens else 2
-        max_positions = getattr(base_model.config, "max_position_embeddings", input_size)
-        if not n_layout_tokens < input_size <= max_positions:
-            raise ValueError(f"input_size={input_size} must exceed the {n_layout_tokens} layout ids "
-                             f"({num_mem_tokens} memory tokens + special tokens) and be at most the backbone's "
-                             f"max_position_embeddings={max_positions}")
+        max_positions = getattr(base_model.config, "max_position_embeddings", self.input_size)
+        if self.input_size > max_positions:
+            raise ValueError(f"input_size={self.input_size} is more than the backbone's "
+                             f"max_position_embeddings={max_positions}; expected at most that")
         self.model = base_model
-        self.num_mem_tokens = num_mem_tokens
-        self.input_size = input_size
-        self.segment_size = input_size - n_layout_tokens
-        self.max_n_segments = max_n_segments
-        self.bptt_depth = bptt_depth
         self.sum_loss = sum_loss
-        self.segment_checkpointing = segment_checkpointing
         self.cls_token_id, self.sep_token_id, self.pad_token_id = (special_ids[n] for n in REQUIRED_SPECIAL_TOKENS)
         self.dropped_token_ids = sorted({i for i in special_ids.values() if i is not None})
         self._add_memory_tokens(embeddings, len(tokenizer))
-        self.memory_type = memory_type
-        self.associative = AssociativeMemory(base_model, d_mem) if memory_type == "associative" else None
+        self.associative = (AssociativeMemory(base_model, self.memory_config.d_mem)
+                            if self.memory_type == "associative" else None)
+
+    @property
+    def bptt_depth(self):
+        """Truncated BPTT in memory transitions (-1: all), the seed's unit for this wrapper."""
+        return self.memory_config.bptt_depth
 
     def _add_memory_tokens(self, embeddings, tokenizer_size):
         """Append `num_mem_tokens` rows to the embeddings and build the fixed segment prefix."""

@@ -16,6 +16,7 @@ Registration with the Auto classes is one explicit call, `register_auto_classes(
 its own known, and no folder can trigger it.
 """
 import copy
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -23,49 +24,75 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequence
                           PreTrainedConfig, PreTrainedModel)
 from transformers.configuration_utils import SubConfigSpec
 
-from modeling_rmt.associative import DPFP_NU
-from modeling_rmt.decoder import MemoryCell, RecurrentWrapper, memory_positions
+from modeling_rmt.decoder import MemoryCell, RecurrentWrapper
 from modeling_rmt.encoder import RMTEncoderForSequenceClassification, special_token_ids
-from modeling_rmt.segments import resolve_alignment
+from modeling_rmt.memory_config import FULL_BPTT, MemoryConfig
 
 ENCODER_MODEL_TYPE = "rmt_encoder"
 DECODER_MODEL_TYPE = "rmt_decoder"
 MODEL_TYPES = (ENCODER_MODEL_TYPE, DECODER_MODEL_TYPE)
-FULL_BPTT = -1
+# the memory configuration as configs before the nested `memory_config` held it, top-level, with their defaults;
+# still written beside `memory_config` for readers of config.json, and read from folders saved before it
+FLAT_MEMORY_DEFAULTS = {"num_mem_tokens": 10, "memory_type": "tokens", "d_mem": 64, "input_size": 512,
+                        "max_n_segments": 1, "segment_alignment": "right", "bptt_segments": FULL_BPTT}
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 class RMTConfig(PreTrainedConfig):
-    """What both wrappers need besides weights: the memory, the segments, truncated BPTT, the task's answer
-    labels, and the backbone's own config (`backbone_model_config`).
+    """What both wrappers need besides weights: the memory configuration, the task's answer labels, and the
+    backbone's own config (`backbone_model_config`).
 
     Fields:
         backbone_model_config: the backbone's config (a dict with `model_type` in config.json); the name avoids
             `backbone_config`, which transformers reserves for vision backbones.
-        num_mem_tokens, memory_type, d_mem: the memory (docs/design.md, "Memory" and "Associative memory").
-        input_size: ids per backbone call, memory and special tokens included.
-        max_n_segments: segments read per sample; raised at evaluation time to read longer inputs.
-        segment_alignment: right, left or center.
-        bptt_segments: segments that receive gradient when training on (-1: all).
+        memory_config: the wrapper's MemoryConfig (a nested dict in config.json; docs/design.md, "The memory
+            configuration"). Folders saved before it hold its values top-level (`FLAT_MEMORY_DEFAULTS`): they load
+            too. Its values read as attributes of the config as well (`config.num_mem_tokens`, ...).
         task: the task the model was trained on (None: unknown); task_labels: its answers, in class order.
     """
 
     sub_configs_defaults = {"backbone_model_config": SubConfigSpec(config_class=AutoConfig, model_type="bert")}
+    memory_layout = "encoder"
 
     backbone_model_config: PreTrainedConfig | dict | None = None
-    num_mem_tokens: int = 10
-    memory_type: str = "tokens"
-    d_mem: int = 64
-    input_size: int = 512
-    max_n_segments: int = 1
-    segment_alignment: str = "right"
-    bptt_segments: int = FULL_BPTT
+    memory_config: MemoryConfig | dict | None = None
     task: str | None = None
     task_labels: list | None = None
 
     def __post_init__(self, **kwargs):
+        flat = {name: kwargs.pop(name) for name in FLAT_MEMORY_DEFAULTS if name in kwargs}
         super().__post_init__(**kwargs)
         check_backbone_config(self.backbone_model_config)
+        self.memory_config = nested_memory_config(self.memory_config, flat, self.memory_layout)
+
+    def __getattr__(self, name):
+        # the memory configuration's values as attributes, as configs before the nested dict had them
+        if name in FLAT_MEMORY_DEFAULTS and isinstance(self.__dict__.get("memory_config"), MemoryConfig):
+            return getattr(self.__dict__["memory_config"], name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def to_dict(self):
+        """The config as a JSON-ready dict: `memory_config` nested, and its values also top-level."""
+        values = super().to_dict()
+        if isinstance(self.memory_config, MemoryConfig):
+            values["memory_config"] = self.memory_config.to_dict()
+            values.update({name: values["memory_config"][name] for name in FLAT_MEMORY_DEFAULTS})
+        return values
+
+
+def nested_memory_config(memory_config, flat: dict, layout: str) -> MemoryConfig:
+    """The MemoryConfig of an RMT config: from `memory_config` (a MemoryConfig or its dict), else from the flat
+    values of a folder saved before the nested dict (defaults for the missing ones). Flat values beside a nested
+    dict (written by `RMTConfig.to_dict`) must agree with it."""
+    if memory_config is None:
+        return MemoryConfig(layout=layout, **{**FLAT_MEMORY_DEFAULTS, **flat})
+    if isinstance(memory_config, dict):
+        memory_config = MemoryConfig.from_dict(memory_config)
+    for name, value in flat.items():
+        if getattr(memory_config, name) != value:
+            raise ValueError(f"config has {name}={value!r} beside memory_config.{name}="
+                             f"{getattr(memory_config, name)!r}; expected the same value (or only memory_config)")
+    return memory_config
 
 
 class RMTEncoderConfig(RMTConfig):
@@ -81,6 +108,7 @@ class RMTDecoderConfig(RMTConfig):
     """`RMTConfig` of the decoder language model."""
 
     model_type = DECODER_MODEL_TYPE
+    memory_layout = "decoder"
 
 
 def check_backbone_config(config) -> None:
@@ -177,10 +205,10 @@ class RMTPreTrainedModel(PreTrainedModel):
         return loaded
 
 
-def memory_fields(memory_type: str, associative) -> dict:
-    """memory_type and d_mem of a wrapper (d_mem from its associative memory's feature count)."""
-    d_mem = associative.n_features // (2 * DPFP_NU) if associative is not None else 64
-    return {"memory_type": memory_type, "d_mem": d_mem}
+def saved_memory_config(wrapper) -> MemoryConfig:
+    """The wrapper's memory configuration as a model folder keeps it: without segment checkpointing, a choice of
+    how to train that a loaded model makes again (folders before the nested config did not keep it either)."""
+    return dataclasses.replace(wrapper.memory_config, segment_checkpointing=False)
 
 
 def backbone_config_dict(backbone, num_added_tokens: int = 0) -> dict:
@@ -201,11 +229,9 @@ class RMTForSequenceClassification(RMTPreTrainedModel):
         super().__init__(config)
         backbone_config = copy.deepcopy(config.backbone_model_config)
         backbone = AutoModelForSequenceClassification.from_config(backbone_config, trust_remote_code=False)
-        bptt_depth = FULL_BPTT if config.bptt_segments == FULL_BPTT else config.bptt_segments - 1
         self.rmt = RMTEncoderForSequenceClassification(
-            backbone, config.num_mem_tokens, SavedTokenIds(config.layout_token_ids or {}, backbone_config.vocab_size),
-            config.input_size, config.max_n_segments, bptt_depth=bptt_depth, sum_loss=config.sum_loss,
-            segment_alignment=config.segment_alignment, memory_type=config.memory_type, d_mem=config.d_mem)
+            backbone, tokenizer=SavedTokenIds(config.layout_token_ids or {}, backbone_config.vocab_size),
+            memory_config=config.memory_config, sum_loss=config.sum_loss)
         self.post_init()
 
     @classmethod
@@ -213,11 +239,8 @@ class RMTForSequenceClassification(RMTPreTrainedModel):
         labels = list(task_labels) if task_labels is not None else None
         return RMTEncoderConfig(
             backbone_model_config=backbone_config_dict(wrapper.model, wrapper.num_mem_tokens),
-            num_mem_tokens=wrapper.num_mem_tokens, **memory_fields(wrapper.memory_type, wrapper.associative),
-            input_size=wrapper.input_size, max_n_segments=wrapper.max_n_segments,
-            segment_alignment=wrapper.alignment,
-            bptt_segments=FULL_BPTT if wrapper.bptt_depth == FULL_BPTT else wrapper.bptt_depth + 1,
-            sum_loss=wrapper.sum_loss, layout_token_ids=special_token_ids(tokenizer), task=task, task_labels=labels,
+            memory_config=saved_memory_config(wrapper), sum_loss=wrapper.sum_loss,
+            layout_token_ids=special_token_ids(tokenizer), task=task, task_labels=labels,
             id2label=dict(enumerate(labels)) if labels else None)
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
@@ -234,21 +257,15 @@ class RMTForCausalLM(RMTPreTrainedModel):
         super().__init__(config)
         backbone = AutoModelForCausalLM.from_config(copy.deepcopy(config.backbone_model_config),
                                                     trust_remote_code=False)
-        cell = MemoryCell(backbone, config.num_mem_tokens, memory_type=config.memory_type, d_mem=config.d_mem)
-        segment_size = config.input_size - memory_positions(config.num_mem_tokens, config.memory_type)
-        self.rmt = RecurrentWrapper(cell, segment_size, config.max_n_segments, k2=config.bptt_segments,
-                                    segment_alignment=config.segment_alignment)
+        self.rmt = RecurrentWrapper(MemoryCell(backbone, memory_config=config.memory_config))
         self.post_init()
 
     @classmethod
     def config_from_wrapper(cls, wrapper, tokenizer, task=None, task_labels=None) -> RMTDecoderConfig:
-        cell = wrapper.memory_cell
         return RMTDecoderConfig(
-            backbone_model_config=backbone_config_dict(cell.model), num_mem_tokens=cell.num_mem_tokens,
-            **memory_fields(cell.memory_type, cell.associative),
-            input_size=wrapper.segment_size + memory_positions(cell.num_mem_tokens, cell.memory_type),
-            max_n_segments=wrapper.max_n_segments, segment_alignment=resolve_alignment(wrapper.alignment),
-            bptt_segments=wrapper.k2, task=task, task_labels=list(task_labels) if task_labels is not None else None)
+            backbone_model_config=backbone_config_dict(wrapper.memory_cell.model),
+            memory_config=saved_memory_config(wrapper), task=task,
+            task_labels=list(task_labels) if task_labels is not None else None)
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
         """The wrapper's forward (labels_mask, return_logits, ... pass through)."""

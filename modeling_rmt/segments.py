@@ -1,46 +1,16 @@
-"""Helpers shared by the encoder and decoder memory wrappers: argument checks, segmentation, truncated BPTT,
-segment checkpointing.
+"""Helpers shared by the encoder and decoder memory wrappers: segmentation, truncated BPTT, segment checkpointing
+(their settings are checked in `modeling_rmt.memory_config`).
 
 Segment alignment (docs/design.md, memory wrappers) decides where a sequence of `n` tokens is cut into
 `k = ceil(n / segment_size)` segments: `right` (the default) makes the last segment full and the first one
 partial, `left` makes the first full and the last partial, `center` makes all `k` segments as equal as possible
-(lengths differ by at most 1).
+(lengths differ by at most 1); the names are `modeling_rmt.memory_config.ALIGNMENTS`.
 """
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lm_experiments_tools.errors import BadInputError
-
-ALIGNMENTS = ("right", "left", "center")
-
-
-def resolve_alignment(alignment):
-    """Return the alignment name, `right` for None; raise ValueError for an unknown one."""
-    alignment = "right" if alignment is None else alignment
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"segment_alignment={alignment!r} is not supported; expected one of {ALIGNMENTS} or None")
-    return alignment
-
-
-def check_memory_args(num_mem_tokens, max_n_segments=None):
-    """Raise ValueError for a negative number of memory tokens or fewer than one segment."""
-    if not isinstance(num_mem_tokens, int) or num_mem_tokens < 0:
-        raise ValueError(f"num_mem_tokens={num_mem_tokens!r}; expected an integer >= 0")
-    if max_n_segments is not None and (not isinstance(max_n_segments, int) or max_n_segments < 1):
-        raise ValueError(f"max_n_segments={max_n_segments!r}; expected an integer >= 1")
-
-
-def check_bptt_depth(name, value, minimum):
-    """Raise ValueError unless `value` is -1 (full BPTT) or an integer >= `minimum`."""
-    if not isinstance(value, int) or (value != -1 and value < minimum):
-        raise ValueError(f"{name}={value!r}; expected -1 (full backpropagation through time) or an integer >= {minimum}")
-
-
-def check_segment_checkpointing(segment_checkpointing):
-    """Raise BadInputError unless `segment_checkpointing` is a bool."""
-    if not isinstance(segment_checkpointing, bool):
-        raise BadInputError(f"segment_checkpointing={segment_checkpointing!r}; expected True or False")
 
 
 def check_per_segment_outputs(segment_checkpointing, output_attentions, output_hidden_states):
