@@ -49,7 +49,7 @@ MEMORY_LR_SCALE=${MEMORY_LR_SCALE:-1}           # associative memory: its projec
 TBS=${TBS:-16}
 BS=${BS:-16}
 BF16=${BF16:-auto}                              # 1: train under bf16 autocast; auto: when the CPU has native bf16
-case $BF16 in  # with native bf16 (AVX-512 BF16, AMX) a step is 1.5x faster; without it bf16 is not expected to pay
+case $BF16 in  # bf16 pays with native bf16 (AVX-512 BF16, AMX; babilong/RESULTS.md, J1), not expected to without
     auto) if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then BF16=1; else BF16=0; fi ;;
     0 | 1) ;;
     *) echo "error: BF16=$BF16: expected auto, 0 or 1" >&2; exit 2 ;;
