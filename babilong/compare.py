@@ -5,7 +5,7 @@ a comparison folder (scripts/babilong/offline_memory_compare.sh), beside the pub
 
 Every cell is one record of a results.jsonl file (the model trained on the most segments of its task and memory,
 as the plot draws it); `--json` writes each cell with the file it came from. A `fact_split.json` found in a run
-folder (benchmarks/accuracy_by_fact_segment.py) adds the accuracy on the questions whose answer lies in an earlier
+folder (babilong.analysis.fact_position) adds the accuracy on the questions whose answer lies in an earlier
 segment than the question, i.e. passes through memory.
 """
 import argparse

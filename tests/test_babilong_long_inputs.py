@@ -5,6 +5,7 @@ import collections
 import json
 import math
 import re
+import runpy
 import sys
 from pathlib import Path
 
@@ -13,15 +14,13 @@ import torch
 
 import run_finetuning_babilong_rmt as run_babilong
 from babilong import checkpoint_eval, generate_babi, memory_trace
+from babilong.analysis import fact_position, memory_probe, reasoning_by_axis
 from babilong.tasks import OPPOSITE_DIRECTION
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-import accuracy_by_fact_segment  # noqa: E402  (a script folder, not a package)
-import babilong_long_eval  # noqa: E402
-import memory_probe  # noqa: E402
-import reasoning_by_axis  # noqa: E402
+import babilong_long_eval  # noqa: E402  (a script folder, not a package)
 
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
              "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64,
@@ -173,9 +172,9 @@ def test_reasoning_by_axis_splits_by_where_the_neighbours_lie(tiny_reasoning_run
     assert hits / 30 == pytest.approx(summary["accuracy"])
 
 
-def test_accuracy_by_fact_segment_splits_by_where_the_answer_lies(tiny_qa1_run):
+def test_fact_position_splits_by_where_the_answer_lies(tiny_qa1_run):
     run_dir, n_segments, n_samples = tiny_qa1_run, QA1_N_SEGMENTS, 40
-    summary = accuracy_by_fact_segment.evaluate(run_dir, n_segments=n_segments, n_samples=n_samples, batch_size=8)
+    summary = fact_position.evaluate(run_dir, n_segments=n_segments, n_samples=n_samples, batch_size=8)
     experiment, stages = checkpoint_eval.checkpoint_experiment(run_dir, n_segments, n_samples, batch_size=8)
     dataset = experiment.dataset(stages[0], "valid", n_samples)
     assert len(dataset) == n_samples  # the short questions of 100 are enough
@@ -248,8 +247,26 @@ def test_memory_probe_refuses_one_segment_and_facts_other_than_moves(tiny_qa1_ru
 
 
 def test_diagnostics_refuse_a_folder_without_a_run_and_a_bad_count(tiny_run, tmp_path, capsys):
-    evaluate = accuracy_by_fact_segment.evaluate
+    evaluate = fact_position.evaluate
     assert checkpoint_eval.run_folder_main("d", evaluate, 2, 8, [str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path} has no config.json: expected a run folder"
     assert checkpoint_eval.run_folder_main("d", evaluate, 2, 8, [str(tiny_run), "--n_samples", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --n_samples 0: expected a positive integer"
+
+
+@pytest.mark.parametrize("module, n_segments, n_samples", [("babilong.analysis.fact_position", 2, 512),
+                                                           ("babilong.analysis.memory_probe", 2, 400),
+                                                           ("babilong.analysis.reasoning_by_axis", 1, 512)])
+def test_analyses_run_as_package_commands(module, n_segments, n_samples, tmp_path, monkeypatch, capsys):
+    monkeypatch.delitem(sys.modules, module, raising=False)  # run as `python -m`, not over the imported module
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with pytest.raises(SystemExit) as exit_help:
+        runpy.run_module(module, run_name="__main__")
+    assert exit_help.value.code == 0
+    usage = " ".join(capsys.readouterr().out.split())
+    assert f"segments per sample (default: {n_segments})" in usage and f"(default: {n_samples})" in usage
+    monkeypatch.setattr(sys, "argv", [module, str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_bad:
+        runpy.run_module(module, run_name="__main__")
+    assert exit_bad.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path} has no config.json: expected a run folder"

@@ -1,4 +1,4 @@
-"""The CPU side of benchmarks/gpu_check.py: the no-GPU exit, its pytest report reading, half-precision
+"""The CPU side of benchmarks/gpu/gpu_check.py: the no-GPU exit, its pytest report reading, half-precision
 checkpoints, and a dry run of the launcher training and a benchmark part where `datasets` and the MiniLM package
 cannot be imported (as on the GPU machine)."""
 import json
@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from benchmarks import gpu_check
+from benchmarks.gpu import gpu_check
 from lm_experiments_tools import runs
 from lm_experiments_tools.offline_model import load_tokenizer
 
@@ -81,7 +81,7 @@ def test_dry_run_trains_through_the_launcher_without_datasets_and_minilm(tmp_pat
     env = without_offline_packages(tmp_path / "shim")
     probe = subprocess.run([sys.executable, "-c", "import datasets"], env=env, capture_output=True, text=True)
     assert "import of datasets halted" in probe.stderr  # the shim works, so the run below proves something
-    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--dry_run",
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "gpu" / "gpu_check.py"), "--device", "cpu", "--dry_run",
                "--parts", "train,bptt_memory", "--precisions", "fp16", "--assets", str(assets),
                "--out_dir", str(tmp_path / "out")]
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)

@@ -2,7 +2,7 @@
 # Evaluate MODEL_CPT/model_best.pth at 16 ... 4096 segments (about 8K to 2M tokens for the paper's setting); each
 # length appends a record to MODEL_CPT/results.jsonl (python -m babilong.plot RUNS_DIR draws them). The model
 # variables must be those the checkpoint was trained with. BS samples go through the segments together (one backbone
-# call per segment for the whole batch: on CPU batch 16 is several times faster per token than batch 1, see
+# call per segment for the whole batch; tokens per second at batch 1 and 16: docs/performance.md, from
 # benchmarks/babilong_long_eval.py). Inference memory is constant in the number of segments; time grows linearly,
 # so long lengths use fewer samples (NUM_VALID_SAMPLES).
 set -euo pipefail

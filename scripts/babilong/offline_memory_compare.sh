@@ -2,8 +2,8 @@
 # The two memories side by side on the offline default: for each memory of MEMORY_TYPES (memory tokens, RMT;
 # associative, ARMT) and each task of TASKS, the task's offline job trains the MiniLM backbone on the same generated
 # stories (GEN_SEED) and background with the same step budget, evaluates at the trained lengths and out to 16x the
-# longest; qa tasks are also split by where the answer's fact lies (benchmarks/accuracy_by_fact_segment.py, in
-# each last run folder as fact_split.json). Then one plot per task with both memories (RUNS_DIR/TASK.png) and the
+# longest; qa tasks are also split by where the answer's fact lies (python -m babilong.analysis.fact_position,
+# in each last run folder as fact_split.json). Then one plot per task with both memories (RUNS_DIR/TASK.png) and the
 # table of every record (RUNS_DIR/comparison.md, python -m babilong.compare). Each memory's runs go under
 # RUNS_DIR/MEMORY. Recipes: qa1..qa5 scripts/babilong/offline_babilong_job.sh; memorize, detect_memorize and
 # reasoning scripts/babilong/offline_paper_figure.sh (with their 100k-token evaluations). Every variable of those

@@ -21,7 +21,7 @@ TASKS=${TASKS:-memorize detect_memorize reasoning}
 LONG_EVAL_SEGMENTS=${LONG_EVAL_SEGMENTS:-1755}
 LONG_EVAL_SAMPLES=${LONG_EVAL_SAMPLES:-64}
 LONG_SEGMENTS=${LONG_SEGMENTS:-6}              # the main job's last stage, for memorize and reasoning
-DETECT_LONG_SEGMENTS=${DETECT_LONG_SEGMENTS:-12}  # detect&memorize's: 6 held 90.6% at 16x, 12 held 96.1% at 8x
+DETECT_LONG_SEGMENTS=${DETECT_LONG_SEGMENTS:-12}  # detect&memorize's long stage (why 12: docs/results.md)
 WARMUP_ITERS=${WARMUP_ITERS:-300}              # reasoning_plain on 1 segment, ends at WARMUP_STOP_AT exact match (%)
 WARMUP_STOP_AT=${WARMUP_STOP_AT:-95}
 REASONING_RECIPE=${REASONING_RECIPE:-ITERS=400 VALID_INTERVAL=50 PATIENCE=3 STOP_AT=95}

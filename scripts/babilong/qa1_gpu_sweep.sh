@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# qa1 at 2 segments given a GPU's budget of steps (babilong/RESULTS.md, "qa1 (offline job)"): the offline job levels
-# off near 85% at 2 segments after the 150-400 steps that 2 CPU cores allow. On one GPU, within DEADLINE_S seconds:
+# qa1 at 2 segments given a GPU's budget of steps: the offline job's stages (scripts/babilong/offline_babilong_job.sh),
+# then variants of its 2-segment stage side by side, for thousands of steps. On one GPU, within DEADLINE_S seconds:
 #   1. generated qa1 stories (the job's generator and seed);
 #   2. the job's first two stages, for 4 memory tokens and for the sweep's other memory size, side by side: short
 #      stories on 1 segment of 64 ids, then whole stories on 1 segment of 96 ids, each stopping at its target
@@ -15,12 +15,13 @@
 #              then every variant's best checkpoint is evaluated at 2 and 4 segments (EVAL_S seconds kept for it).
 # The validation curves go to OUT_DIR/curves.tsv (variant, step, exact match %), the final evaluations to
 # OUT_DIR/evaluations.tsv, the logs and results.jsonl files to OUT_DIR/logs.tgz. The backbone is the fp16 copy of
-# the offline MiniLM that `python benchmarks/gpu_check.py --prepare` writes (the GPU machine lacks the MiniLM
-# package; the Trainer keeps float32 weights). Device command (benchmarks/README.md): carry runs/gpu_check_assets,
-# timeout_s 490, `benchmarks/qa1_gpu_sweep.sh` (SWEEP=lengths benchmarks/qa1_gpu_sweep.sh for the second sweep).
-# A CPU dry run of every code path: DRY_RUN=1 benchmarks/qa1_gpu_sweep.sh (a few steps each).
+# the offline MiniLM that `python benchmarks/gpu/gpu_check.py --prepare` writes (the GPU machine lacks the MiniLM
+# package; the Trainer keeps float32 weights). Device command: carry runs/gpu_check_assets, timeout_s 490,
+# `scripts/babilong/qa1_gpu_sweep.sh` (SWEEP=lengths scripts/babilong/qa1_gpu_sweep.sh for the second sweep).
+# A CPU dry run of every code path: DRY_RUN=1 scripts/babilong/qa1_gpu_sweep.sh (a few steps each).
+# The trials it ran (T24-T36) are in babilong/RESULTS.md, "qa1 (offline job)".
 set -uo pipefail
-REPO_ROOT="$(realpath "$(dirname "${BASH_SOURCE[0]}")/..")"
+REPO_ROOT="$(realpath "$(dirname "${BASH_SOURCE[0]}")/../..")"
 STARTED=$(date +%s)
 
 OUT_DIR=${OUT_DIR:-${OUT:-$REPO_ROOT/runs/qa1_gpu_sweep}}
@@ -43,7 +44,7 @@ LAUNCHER_SH="$REPO_ROOT/scripts/babilong/finetune_babilong_rmt.sh"
 EVALUATE_SH="$REPO_ROOT/scripts/babilong/eval_babilong_rmt_from_cpt.sh"
 
 [[ $SWEEP == recipe || $SWEEP == lengths ]] || { echo "error: SWEEP=$SWEEP: expected recipe or lengths" >&2; exit 2; }
-[[ -f $BACKBONE/config.json ]] || { echo "error: no backbone in $BACKBONE: run python benchmarks/gpu_check.py"\
+[[ -f $BACKBONE/config.json ]] || { echo "error: no backbone in $BACKBONE: run python benchmarks/gpu/gpu_check.py"\
 " --prepare and carry runs/gpu_check_assets" >&2; exit 2; }
 mkdir -p "$OUT_DIR" "$WORK/logs"
 

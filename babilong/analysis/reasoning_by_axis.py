@@ -1,6 +1,6 @@
 """Accuracy of a reasoning checkpoint split by how its two facts lie around the anchor place.
 
-    python benchmarks/reasoning_by_axis.py RUN_DIR [--n_segments 1] [--n_samples 512]
+    python -m babilong.analysis.reasoning_by_axis RUN_DIR [--n_segments 1] [--n_samples 512]
 
 The reasoning task (babilong.tasks.reasoning_sample) names two neighbours of an anchor in two different directions.
 When the directions are perpendicular (north and east), the question's direction word or its opposite appears in
