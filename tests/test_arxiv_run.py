@@ -14,9 +14,9 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from arxiv_lm.data import SegmentCollator, SegmentDataset
+from arxiv_lm.experiment import main
 from lm_experiments_tools.checkpoint import load_checkpoint
 from modeling_rmt import MemoryCell, RecurrentWrapper
-from run_finetuning_arxiv_rmt import main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO_ROOT / "scripts" / "arxiv"

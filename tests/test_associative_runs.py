@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-import run_finetuning_arxiv_rmt as run_arxiv
-import run_finetuning_babilong_rmt as run_babilong
+from arxiv_lm import experiment as run_arxiv
+from babilong import experiment as run_babilong
 from babilong import memory_trace
 from babilong.results import RESULTS_FILE, read_results
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME, load_checkpoint
-from lm_experiments_tools.utils import CONFIG_FILE
+from lm_experiments_tools.run_config import CONFIG_FILE
 from test_arxiv_run import tiny_run_inputs
 from test_launchers import SCRIPTS, option_values, run_launcher, stubs  # noqa: F401 (stubs is a fixture)
 from test_run_babilong import TINY_BERT, TINY_GPT2, run_main, write_config

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import run_finetuning_babilong_rmt as run_babilong
+from babilong import experiment as run_babilong
 from babilong import checkpoint_eval, generate_babi, memory_trace
 from babilong.tasks import OPPOSITE_DIRECTION
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME

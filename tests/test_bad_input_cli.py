@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import run_finetuning_arxiv_rmt as run_arxiv
-import run_finetuning_babilong_rmt as run_babilong
+from arxiv_lm import experiment as run_arxiv
+from babilong import experiment as run_babilong
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME, save_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

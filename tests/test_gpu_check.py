@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from benchmarks import gpu_check
 from lm_experiments_tools import runs
-from lm_experiments_tools.offline_model import load_tokenizer
+from rmt_experiments.offline_model import load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,

@@ -23,8 +23,8 @@ from babilong.evaluate_official import prompt_ids
 from babilong.model_folder import load_model_folder
 from babilong.results import RESULTS_FILE, read_results
 from babilong.tasks import get_task
-from lm_experiments_tools.offline_model import load_tokenizer
-from lm_experiments_tools.utils import CONFIG_FILE
+from lm_experiments_tools.run_config import CONFIG_FILE
+from rmt_experiments.offline_model import load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -128,7 +128,7 @@ def test_push_to_hub_uploads_config_weights_and_tokenizer(tokenizer, monkeypatch
 
 def train_run(tmp_path: Path, model_type: str) -> Path:
     """A tiny qa1 curriculum (4 then 5 segments, also evaluated at 6); returns the last stage's run folder."""
-    import run_finetuning_babilong_rmt as run_babilong
+    from babilong import experiment as run_babilong
     babi = tmp_path / "babi"
     generate_babi.generate(str(babi), ["qa1"], 20, 10, seed=0)
     config = tmp_path / f"{model_type}.json"

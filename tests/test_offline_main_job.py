@@ -11,7 +11,7 @@ import torch
 from babilong.results import RESULTS_FILE, read_results
 from lm_experiments_tools import TrainerArgs
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
-from lm_experiments_tools.utils import CONFIG_FILE
+from lm_experiments_tools.run_config import CONFIG_FILE
 from trainer_scripts.tiny_task import build_trainer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import run_finetuning_babilong_rmt as run_babilong
+from babilong import experiment as run_babilong
 from babilong import generate_babi, plot
 from babilong.metrics import f1_scores
 from babilong.results import RESULTS_FILE, append_result, read_results
 from lm_experiments_tools import runs as run_layer
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
-from lm_experiments_tools.utils import CONFIG_FILE
+from lm_experiments_tools.run_config import CONFIG_FILE
+from rmt_experiments import checkpoints as run_weights
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO_ROOT / "scripts" / "babilong"
@@ -80,7 +81,7 @@ def curriculum_run(tiny_bert, tmp_path_factory):
     """A two-stage curriculum (1 then 2 segments), evaluated also at 3 segments; records weight loads in order."""
     runs = tmp_path_factory.mktemp("runs")
     events = []
-    original_load, original_prepare = run_layer.load_model_weights, run_layer.prepare_run
+    original_load, original_prepare = run_weights.load_model_weights, run_layer.prepare_run
 
     def spy_load(model, path):
         events.append(("load", Path(path)))
@@ -91,7 +92,7 @@ def curriculum_run(tiny_bert, tmp_path_factory):
         return original_prepare(values, logger)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(run_layer, "load_model_weights", spy_load)
+        patch.setattr(run_weights, "load_model_weights", spy_load)
         patch.setattr(run_layer, "prepare_run", spy_prepare)
         run_babilong.main(common_args(tiny_bert) + training_args() + [
             "--curriculum", "1,2", "--eval_n_segments", "3", "--model_path", str(runs / STAGE_DIR / "run_1")])
