@@ -10,12 +10,10 @@ import pytest
 from babilong import evaluate_official as official
 from babilong import experiment as babilong_experiment
 from babilong import generate_babi
+from conftest import TINY_BERT, TINY_GPT2
 from lm_experiments_tools.errors import BadInputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64}
-TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 30522}
 
 # (task, question, target, output, correct by the official rule)
 CASES = [

@@ -12,6 +12,7 @@ from babilong import experiment as run_babilong
 from babilong import generate_babi, plot
 from babilong.metrics import f1_scores
 from babilong.results import RESULTS_FILE, append_result, read_results
+from conftest import TINY_GPT2, write_config
 from lm_experiments_tools import runs as run_layer
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.run_config import CONFIG_FILE
@@ -19,19 +20,10 @@ from rmt_experiments import checkpoints as run_weights
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO_ROOT / "scripts" / "babilong"
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64}
-TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 30522}
 INPUT_SIZE, NUM_MEM_TOKENS = 32, 2
 SEGMENT_SIZE = INPUT_SIZE - NUM_MEM_TOKENS - 3  # [CLS] mem [SEP] tokens [SEP]
 NUM_VALID_SAMPLES = 6
 STAGE_DIR = "seg{n_segments}"
-
-
-def write_config(folder: Path, values: dict) -> str:
-    path = folder / f"{values['model_type']}.json"
-    path.write_text(json.dumps(values))
-    return str(path)
 
 
 def common_args(model_cfg: str) -> list:
@@ -69,11 +61,6 @@ def best_valid_exact_match(folder: Path) -> float:
 
 def stage_records(folder: Path) -> list:
     return read_results(folder / RESULTS_FILE)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    return write_config(tmp_path_factory.mktemp("configs"), TINY_BERT)
 
 
 @pytest.fixture(scope="module")
