@@ -1,4 +1,4 @@
-"""Install the RMT replication: the Trainer library, the memory wrappers and the BABILong data pipeline.
+"""Install the RMT replication: the Trainer library, the memory wrappers, the experiments and their shared glue.
 
 `pip install -e .` gives the Trainer's own requirements; `pip install -e ".[experiments]"` adds what the
 paper's experiments need; `pip install -e ".[test]"` adds pytest on top of that.
@@ -25,7 +25,8 @@ setup(
     version="0.1.0",
     description="Recurrent Memory Transformer (AAAI-24) replication: Trainer library, RMT wrappers, BABILong",
     python_requires=">=3.11",
-    packages=find_packages(include=["lm_experiments_tools*", "modeling_rmt*", "babilong*", "arxiv_lm*"]),
+    packages=find_packages(include=["lm_experiments_tools*", "modeling_rmt*", "rmt_experiments*", "babilong*",
+                                    "arxiv_lm*"]),
     install_requires=TRAINER_REQUIRES,
     extras_require={
         "experiments": EXPERIMENT_REQUIRES,

@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lm_experiments_tools.errors import BadInputError
-from lm_experiments_tools.offline_model import eos_token_id
 from lm_experiments_tools.runs import exit_on_bad_input
+from rmt_experiments.offline_model import eos_token_id
 
 from .dataset import GEN_TEXT
 from .model_folder import check_model_folder, load_model_folder

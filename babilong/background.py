@@ -1,6 +1,6 @@
 """Background text for BABILong: a source, split into sentences and tokenized once, as one token array.
 
-A background source is any text source of `lm_experiments_tools.text_sources` ('default', the offline
+A background source is any text source of `rmt_experiments.text_sources` ('default', the offline
 standard-library prose; a save_to_disk folder; .txt files; a hub dataset such as 'tau/scrolls:quality', the
 paper's, or 'pg19', BABILong's), named by the same string (`load_background(spec, split, tokenizer)`). The
 'train' background is the source's train split, the 'valid' background its held-out text (`HELD_OUT`), so the
@@ -28,9 +28,8 @@ from typing import Optional
 import numpy as np
 
 from lm_experiments_tools.errors import BadInputError
-from lm_experiments_tools.offline_model import load_tokenizer
-from lm_experiments_tools.text_sources import (HELD_OUT, PARAGRAPH_BREAK, in_split, read_split_texts,
-                                               stdlib_documents)
+from rmt_experiments.offline_model import load_tokenizer
+from rmt_experiments.text_sources import HELD_OUT, PARAGRAPH_BREAK, in_split, read_split_texts, stdlib_documents
 
 logger = logging.getLogger(__name__)
 

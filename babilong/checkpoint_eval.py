@@ -1,7 +1,7 @@
 """Evaluate a trained run folder again: its checkpoint on validation samples built with the options it was trained
 with, at any number of segments, sample by sample.
 
-The diagnostics in benchmarks/ and `babilong.memory_trace` start here, so that what they measure is the model as
+The analyses in `babilong.analysis` and `babilong.memory_trace` start here, so that what they measure is the model as
 trained (task, background, placement, architecture, seed), changed only in the length asked for.
 """
 import argparse
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from lm_experiments_tools.utils import CONFIG_FILE
+from lm_experiments_tools.run_config import CONFIG_FILE
+
+from .experiment import setup
 
 # what a checkpoint was trained with and an evaluation must repeat
 TRAINED_ARGS = ("task", "noise_dataset", "model_type", "from_pretrained", "model_cfg", "tokenizer", "input_size",
@@ -27,12 +29,11 @@ def trained_argv(run_dir: Path) -> list:
 
 
 def checkpoint_experiment(run_dir: Path, n_segments: int, n_samples: int, batch_size: int) -> tuple:
-    """(experiment, stages) of the entry script evaluating a run folder's encoder checkpoint on n_samples
+    """(experiment, stages) of `babilong.experiment` evaluating a run folder's encoder checkpoint on n_samples
     validation samples of n_segments segments, with the task, data and architecture it was trained with."""
-    import run_finetuning_babilong_rmt as run_babilong  # the entry script builds model and data as in training
     argv = ["--validate_only", "--model_cpt", str(run_dir), "--max_n_segments", str(n_segments),
             "--batch_size", str(batch_size), "--num_valid_samples", str(n_samples), *trained_argv(run_dir)]
-    experiment, stages, _ = run_babilong.setup(argv)
+    experiment, stages, _ = setup(argv)  # model and data built as in training
     if experiment.args.model_type != "encoder":
         raise ValueError(f"{run_dir}: model_type {experiment.args.model_type!r}: expected an encoder checkpoint")
     return experiment, stages

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lm_experiments_tools.errors import BadInputError
-from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer
+from rmt_experiments.offline_model import eos_token_id, load_tokenizer
 
 from .background import BackgroundCorpus, load_background
 from .tasks import PLACEMENTS, SPLITS, Task, TaskSample, get_task

@@ -40,12 +40,15 @@ import torch
 
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
-from lm_experiments_tools.offline_model import eos_token_id, load_tokenizer
-from lm_experiments_tools.runs import LOG_FORMAT, exit_on_bad_input, load_run_weights, registered_class
-from lm_experiments_tools.utils import CONFIG_FILE
+from lm_experiments_tools.run_config import CONFIG_FILE
+from lm_experiments_tools.runs import LOG_FORMAT, exit_on_bad_input
+from rmt_experiments.checkpoints import load_run_weights, registered_class
+from rmt_experiments.offline_model import eos_token_id, load_tokenizer
 
 from .dataset import GEN_TEXT, pad_sequences
+from .experiment import build_model
 from .model_folder import is_model_folder, load_model_folder
+from .run_args import BabilongArgs
 from .tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -65,7 +68,7 @@ TASK_LABELS = {
 }
 LEADERBOARD_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
 # what a run folder's config.json may give the model builder: the architecture and the task's answer labels. Nothing
-# else is read from it, and its class names must be registered (lm_experiments_tools.runs.registered_class).
+# else is read from it, and its class names must be registered (rmt_experiments.checkpoints.registered_class).
 ARCHITECTURE_ARGS = ("task", "babi_path", "max_n_facts", "model_type", "from_pretrained", "model_cfg", "tokenizer",
                      "model_cls", "backbone_cls", "memory_cell_cls", "input_size", "num_mem_tokens", "max_n_segments",
                      "bptt_depth", "sum_loss", "segment_alignment", "memory_type", "d_mem")
@@ -278,19 +281,18 @@ def load_run(run_dir: str):
     The model is built as the entry script builds it, from the architecture arguments (ARCHITECTURE_ARGS) saved in
     the run's config.json; the classes it names must be registered, so that a downloaded folder cannot run code.
     """
-    import run_finetuning_babilong_rmt as babilong_run  # the BABILong options and model building
     config_file = Path(run_dir) / CONFIG_FILE
     if not config_file.is_file() or not (Path(run_dir) / BEST_CHECKPOINT_NAME).is_file():
         raise BadInputError(f"--model_cpt {run_dir!r}: expected a run folder with {CONFIG_FILE} and "
                             f"{BEST_CHECKPOINT_NAME} (written by run_finetuning_babilong_rmt.py --save_best)")
     saved = json.loads(config_file.read_text()).get("args", {})
-    args = babilong_run.BabilongArgs(**{name: saved[name] for name in ARCHITECTURE_ARGS if name in saved})
+    args = BabilongArgs(**{name: saved[name] for name in ARCHITECTURE_ARGS if name in saved})
     for name in CLASS_ARGS:
         if getattr(args, name) is not None:
             registered_class(getattr(args, name), f"{config_file} {name}")
     tokenizer = load_tokenizer(args.tokenizer or args.from_pretrained)  # as the entry script loads it
     labels = get_task(args.task, args.babi_path, args.max_n_facts).labels
-    model = babilong_run.build_model(args, tokenizer, len(labels))
+    model = build_model(args, tokenizer, len(labels))
     load_run_weights(model, run_dir)
     return args, tokenizer, model.eval(), labels
 

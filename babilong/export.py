@@ -19,11 +19,12 @@ from pathlib import Path
 
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.errors import BadInputError
+from lm_experiments_tools.run_config import CONFIG_FILE
 from lm_experiments_tools.runs import LOG_FORMAT, exit_on_bad_input
-from lm_experiments_tools.utils import CONFIG_FILE
 
 from . import plot
 from .results import RESULTS_FILE, read_results
+from .run_args import backbone_name
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,6 @@ def _curriculum_table(stages: list) -> str:
 
 def model_card(args, model, lines: dict, stages: list, command: str, plot_file: str | None) -> str:
     """The model card: metadata for the hub, then task, backbone, memory, curriculum, results and usage."""
-    from run_finetuning_babilong_rmt import backbone_name
     config = model.config
     auto_class = "AutoModelForSequenceClassification" if args.model_type == "encoder" else "AutoModelForCausalLM"
     memory = f"{config.memory_type}, {config.num_mem_tokens} memory tokens"

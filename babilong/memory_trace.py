@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lm_experiments_tools.utils import CONFIG_FILE
+from lm_experiments_tools.run_config import CONFIG_FILE
 
 from .checkpoint_eval import checkpoint_experiment
 from .plot import save_figure

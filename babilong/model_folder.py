@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from lm_experiments_tools.errors import BadInputError
-from lm_experiments_tools.offline_model import ensure_pad_and_eos
-from lm_experiments_tools.utils import CONFIG_FILE
+from lm_experiments_tools.run_config import CONFIG_FILE
+from rmt_experiments.offline_model import ensure_pad_and_eos
 
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"

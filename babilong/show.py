@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from lm_experiments_tools.offline_model import load_tokenizer
+from rmt_experiments.offline_model import load_tokenizer
 
 from .dataset import BABILongDataset
 from .tasks import PLACEMENTS, SPLITS, TASK_NAMES

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from babilong import BABILongDataset, background_sentences, load_background
-from lm_experiments_tools.offline_model import load_tokenizer
+from rmt_experiments.offline_model import load_tokenizer
 
 
 def parse_args():

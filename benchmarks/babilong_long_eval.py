@@ -24,7 +24,8 @@ from pathlib import Path
 from babilong.checkpoint_eval import trained_argv
 from babilong.results import RESULTS_FILE, read_results
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
-from lm_experiments_tools.utils import CONFIG_FILE, parse_positive_ints
+from lm_experiments_tools.flags import parse_positive_ints
+from lm_experiments_tools.run_config import CONFIG_FILE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAIN_JOB_RUNS = REPO_ROOT / "runs" / "offline_main_job"

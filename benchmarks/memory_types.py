@@ -51,8 +51,8 @@ def memory_options(memory):
 def build_encoder(memory, n_segments):
     from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
 
-    from lm_experiments_tools.offline_model import offline_model_path
     from modeling_rmt import RMTEncoderForSequenceClassification
+    from rmt_experiments.offline_model import offline_model_path
 
     path = offline_model_path()
     torch.manual_seed(0)

@@ -99,8 +99,8 @@ def build_wrapper(max_n_segments, segment_checkpointing=False):
     """RMT encoder (input 512, 10 memory tokens) around a randomly initialised MiniLM-size BERT classifier."""
     from transformers import AutoConfig, AutoTokenizer, BertForSequenceClassification
 
-    from lm_experiments_tools.offline_model import offline_model_path
     from modeling_rmt import RMTEncoderForSequenceClassification
+    from rmt_experiments.offline_model import offline_model_path
 
     path = offline_model_path()
     config = AutoConfig.from_pretrained(path, num_labels=6)

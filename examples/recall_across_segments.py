@@ -15,7 +15,7 @@ import time
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from lm_experiments_tools.offline_model import offline_model_path
+from rmt_experiments.offline_model import offline_model_path
 from modeling_rmt import RMTEncoderForSequenceClassification
 from modeling_rmt.associative import MEMORY_TYPES, associative_parameters
 

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from transformers import BertConfig, BertForSequenceClassification, HfArgumentParser
 
 from lm_experiments_tools import Trainer, TrainerArgs
-from lm_experiments_tools.utils import init_distributed, prepare_run
+from lm_experiments_tools.distributed import init_distributed
+from lm_experiments_tools.run_config import prepare_run
 
 logger = logging.getLogger(__name__)
 

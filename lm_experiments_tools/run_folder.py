@@ -41,8 +41,9 @@ from pathlib import Path
 import torch.distributed as dist
 
 from .checkpoint import CheckpointError, find_latest_checkpoint
+from .distributed import destroy_distributed
 from .errors import BAD_INPUT_EXIT_CODE, RUN_FAILURE_EXIT_CODE, BadInputError
-from .utils import CONFIG_FILE, GIT_DIFF_FILE, destroy_distributed
+from .run_config import CONFIG_FILE, GIT_DIFF_FILE
 
 logger = logging.getLogger(__name__)
 

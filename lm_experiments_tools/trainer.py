@@ -38,7 +38,7 @@ from .metrics import MetricsAccumulator, loss_batch_metrics
 from .rng import get_rng_state, set_rng_state, set_seed
 from .run_folder import check_writable
 from .trainer_args import TrainerArgs
-from .utils import hold_process_group, init_distributed
+from .distributed import hold_process_group, init_distributed
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,8 @@ class Trainer:
 
     def release_process_group(self) -> None:
         """Drop the DistributedDataParallel wrapper, whose reducer holds the process group; the process group's
-        teardown calls this (`lm_experiments_tools.utils.hold_process_group`). Training needs a new Trainer after."""
+        teardown calls this (`lm_experiments_tools.distributed.hold_process_group`). Training needs a new Trainer
+        after."""
         self.ddp_model = self.model
 
     def _build_lr_scheduler(self):

@@ -7,11 +7,12 @@ batches into sub-batches of `batch_size`.
 """
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from transformers import SchedulerType
 
 from .errors import BadInputError
+from .flags import help_field
 
 # The plateau schedule needs the validation metric at each step: it is offered as `use_lr_drop` instead.
 STEP_LR_SCHEDULERS = tuple(s.value for s in SchedulerType if s != SchedulerType.REDUCE_ON_PLATEAU)
@@ -28,84 +29,80 @@ NON_NEGATIVE_FLOATS = ("lr_drop_threshold", "lr_drop_min_lr", "lr_drop_eps")
 MAX_SEED = 2**32 - 1  # NumPy's limit; the seed of process r is seed + r
 
 
-def _help(default, text: str):
-    """A dataclass field with help text (HfArgumentParser's formatter appends the default itself)."""
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class TrainerArgs:
     """Options of `Trainer`. Validated on construction; see the module docstring for batch sizes."""
 
-    model_path: str | None = _help(
+    model_path: str | None = help_field(
         None, "Folder for checkpoints, tensorboard events, config.json and git.diff; None writes nothing")
-    log_interval: int = _help(10, "Log training metrics, learning rate and gradient norm every N optimizer steps")
-    valid_interval: int | None = _help(
+    log_interval: int = help_field(10, "Log training metrics, learning rate and gradient norm every N optimizer steps")
+    valid_interval: int | None = help_field(
         None, "Validate every N optimizer steps; None validates only once, after the last step")
-    save_interval: int | None = _help(
+    save_interval: int | None = help_field(
         None, "Save model_{n_iter}.pth every N optimizer steps and after the last step; None: no interval saves")
-    save_best: bool = _help(False, "Save model_best.pth whenever the optimized validation metric improves")
-    use_generate_on_valid: bool = _help(
+    save_best: bool = help_field(False, "Save model_best.pth whenever the optimized validation metric improves")
+    use_generate_on_valid: bool = help_field(
         False, "During validation also call model.generate and pass its result to the metric hooks as "
                "output['generation_outputs']")
-    init_checkpoint: str | None = _help(
+    init_checkpoint: str | None = help_field(
         None, "Checkpoint file (e.g. run/model_500.pth) whose full state continues: model, optimizer, lr "
               "schedule, iteration unless reset; to take only the weights of a run folder's model_best.pth, use "
               "the entry scripts' --model_cpt")
-    skip_used_data: bool = _help(
+    skip_used_data: bool = help_field(
         False, "With init_checkpoint: restore the data position and random states, i.e. continue the run exactly")
-    reset_lr: bool = _help(False, "With init_checkpoint: keep this run's lr and restart the lr schedule")
-    reset_iteration: bool = _help(
+    reset_lr: bool = help_field(False, "With init_checkpoint: keep this run's lr and restart the lr schedule")
+    reset_iteration: bool = help_field(
         False, "With init_checkpoint: start counting steps, data and best metric from zero")
-    reset_optimizer: bool = _help(False, "With init_checkpoint: do not load the optimizer (and grad scaler) state")
-    resume: bool = _help(
+    reset_optimizer: bool = help_field(False, "With init_checkpoint: do not load the optimizer (and grad scaler) state")
+    resume: bool = help_field(
         False, "Continue from the newest checkpoint in model_path (exactly: data position and random states "
                "included); starts from scratch (or init_checkpoint) if model_path has none")
-    overwrite: bool = _help(
+    overwrite: bool = help_field(
         False, "Start over in a model_path that holds a run, deleting its checkpoints, events and results (the "
                "entry scripts refuse such a folder without resume or overwrite; see lm_experiments_tools.run_folder)")
-    lr: float | None = _help(
+    lr: float | None = help_field(
         None, "Learning rate set on every optimizer param group; None keeps the optimizer's own")
-    batch_size: int = _help(
+    batch_size: int = help_field(
         1, "Samples per forward pass per process; the train DataLoader must yield batch_size * "
            "gradient_accumulation_steps samples per batch")
-    iters: int = _help(100, "Number of optimizer steps to train for")
-    gradient_accumulation_steps: int = _help(
+    iters: int = help_field(100, "Number of optimizer steps to train for")
+    gradient_accumulation_steps: int = help_field(
         1, "Sub-batches of batch_size per optimizer step; each sub-batch loss is divided by their number")
-    fp16: bool = _help(False, "float16 autocast with a gradient scaler (meant for CUDA)")
-    bf16: bool = _help(False, "bfloat16 autocast (CUDA or CPU), no gradient scaler")
-    clip_grad_norm: float | None = _help(
+    fp16: bool = help_field(False, "float16 autocast with a gradient scaler (meant for CUDA)")
+    bf16: bool = help_field(False, "bfloat16 autocast (CUDA or CPU), no gradient scaler")
+    clip_grad_norm: float | None = help_field(
         None, "Clip the global gradient norm to this value; exclusive with clip_grad_value")
-    clip_grad_value: float | None = _help(
+    clip_grad_value: float | None = help_field(
         None, "Clip every gradient element to [-value, value]; exclusive with clip_grad_norm")
-    early_stopping_patience: int | None = _help(
+    early_stopping_patience: int | None = help_field(
         None, "Stop after this many validations without improvement of optimize_metric; None never stops early")
-    early_stopping_target: float | None = _help(
+    early_stopping_target: float | None = help_field(
         None, "Stop at the first validation whose optimize_metric reaches this value (>= for optimize_mode max, "
               "<= for min), e.g. 100 for the BABILong exact_match (a percentage); None never stops on a value")
-    lr_scheduler: str | None = _help(
+    lr_scheduler: str | None = help_field(
         None, f"Per-step schedule of transformers.get_scheduler, one of {', '.join(STEP_LR_SCHEDULERS)}; "
               f"needs lr; None keeps lr constant")
-    num_warmup_steps: int = _help(0, "Warm-up steps of lr_scheduler")
-    num_training_steps: int | None = _help(None, "Length of lr_scheduler in optimizer steps; None uses iters")
-    use_lr_drop: bool = _help(
+    num_warmup_steps: int = help_field(0, "Warm-up steps of lr_scheduler")
+    num_training_steps: int | None = help_field(None, "Length of lr_scheduler in optimizer steps; None uses iters")
+    use_lr_drop: bool = help_field(
         False, "Multiply lr by lr_drop_factor when optimize_metric stops improving (ReduceLROnPlateau); "
                "needs validation data; exclusive with lr_scheduler")
-    lr_drop_factor: float = _help(0.1, "ReduceLROnPlateau factor")
-    lr_drop_patience: int = _help(10, "ReduceLROnPlateau patience, in validations")
-    lr_drop_threshold: float = _help(1e-4, "ReduceLROnPlateau threshold")
-    lr_drop_threshold_mode: str = _help("rel", "ReduceLROnPlateau threshold mode: rel or abs")
-    lr_drop_cooldown: int = _help(0, "ReduceLROnPlateau cooldown, in validations")
-    lr_drop_min_lr: float = _help(0.0, "ReduceLROnPlateau lower bound of lr")
-    lr_drop_eps: float = _help(1e-8, "ReduceLROnPlateau: smaller lr changes are ignored")
-    optimize_metric: str = _help(
+    lr_drop_factor: float = help_field(0.1, "ReduceLROnPlateau factor")
+    lr_drop_patience: int = help_field(10, "ReduceLROnPlateau patience, in validations")
+    lr_drop_threshold: float = help_field(1e-4, "ReduceLROnPlateau threshold")
+    lr_drop_threshold_mode: str = help_field("rel", "ReduceLROnPlateau threshold mode: rel or abs")
+    lr_drop_cooldown: int = help_field(0, "ReduceLROnPlateau cooldown, in validations")
+    lr_drop_min_lr: float = help_field(0.0, "ReduceLROnPlateau lower bound of lr")
+    lr_drop_eps: float = help_field(1e-8, "ReduceLROnPlateau: smaller lr changes are ignored")
+    optimize_metric: str = help_field(
         "loss", "Validation metric that decides the best checkpoint, early stopping and lr drops")
-    optimize_mode: str = _help("min", "Whether optimize_metric improves when it gets smaller (min) or larger (max)")
-    seed: int = _help(42, "Seed of Python, NumPy and torch at the start of training (plus the process rank)")
-    max_nonfinite_steps: int = _help(
+    optimize_mode: str = help_field(
+        "min", "Whether optimize_metric improves when it gets smaller (min) or larger (max)")
+    seed: int = help_field(42, "Seed of Python, NumPy and torch at the start of training (plus the process rank)")
+    max_nonfinite_steps: int = help_field(
         10, "Stop with an error after this many consecutive steps with non-finite loss or gradients "
             "(such steps are skipped)")
-    ddp_find_unused_parameters: bool = _help(
+    ddp_find_unused_parameters: bool = help_field(
         False, "Multi-process only: let DDP handle parameters that get no gradient in a step")
 
     def __post_init__(self):

@@ -242,7 +242,7 @@ class RecurrentWrapper(UsesMemoryConfig, nn.Module):
             labels_mask: optional (B, T) bool, the label positions that count in the loss (e.g. the answer).
             attention_mask: optional (B, T) mask of real tokens (left padding).
             output_attentions, output_hidden_states: also return `attentions_{i}` / `hidden_states_{i}` per
-                segment i (memory then grows with the number of segments; BadInputError with
+                segment i (memory then grows with the number of segments; ValueError with
                 segment_checkpointing).
             return_logits: False returns `logits=None` and keeps no (B, T, V) tensor: with segment checkpointing and
                 labels, memory then no longer grows with the vocabulary size times the sequence length.

@@ -152,7 +152,7 @@ class RMTEncoderForSequenceClassification(UsesMemoryConfig, nn.Module):
                 gets type 0 throughout as in the paper's code.
             labels: optional (B,) targets passed to the backbone's own loss, segment by segment.
             output_attentions, output_hidden_states: also return `attentions_{i}` / `hidden_states_{i}` of each
-                segment slot i (memory then grows with the number of segments; BadInputError with
+                segment slot i (memory then grows with the number of segments; ValueError with
                 segment_checkpointing).
             return_dict: False returns a tuple of the output's values.
             show_progress: show a progress bar over segments.

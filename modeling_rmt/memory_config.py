@@ -17,7 +17,6 @@ import inspect
 from dataclasses import dataclass
 from typing import Optional
 
-from lm_experiments_tools.errors import BadInputError
 
 LAYOUTS = ("encoder", "decoder")
 MEMORY_TYPES = ("tokens", "associative")
@@ -87,8 +86,7 @@ class MemoryConfig:
         self.check()
 
     def check(self):
-        """Raise ValueError naming the first bad value and what is expected (BadInputError, a ValueError, for
-        segment_checkpointing)."""
+        """Raise ValueError naming the first bad value and what is expected."""
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout={self.layout!r}; expected one of {', '.join(LAYOUTS)}")
         if not isinstance(self.num_mem_tokens, int) or self.num_mem_tokens < 0:
@@ -102,7 +100,7 @@ class MemoryConfig:
             raise ValueError(f"segment_alignment={self.segment_alignment!r} is not supported; expected one of "
                              f"{ALIGNMENTS} or None")
         if not isinstance(self.segment_checkpointing, bool):
-            raise BadInputError(f"segment_checkpointing={self.segment_checkpointing!r}; expected True or False")
+            raise ValueError(f"segment_checkpointing={self.segment_checkpointing!r}; expected True or False")
 
     def _check_memory_type(self):
         if self.memory_type not in MEMORY_TYPES:

@@ -10,15 +10,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lm_experiments_tools.errors import BadInputError
 
 
 def check_per_segment_outputs(segment_checkpointing, output_attentions, output_hidden_states):
-    """Raise BadInputError when per-segment attentions / hidden states are asked of a checkpointing wrapper."""
+    """Raise ValueError when per-segment attentions / hidden states are asked of a checkpointing wrapper."""
     if segment_checkpointing and (output_attentions or output_hidden_states):
-        raise BadInputError("output_attentions / output_hidden_states keep tensors of every segment, which "
-                            "segment_checkpointing=True exists to free; expected them off, or "
-                            "segment_checkpointing=False")
+        raise ValueError("output_attentions / output_hidden_states keep tensors of every segment, which "
+                         "segment_checkpointing=True exists to free; expected them off, or "
+                         "segment_checkpointing=False")
 
 
 def call_segment(step, *args, checkpointed, **kwargs):

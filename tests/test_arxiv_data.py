@@ -8,7 +8,7 @@ from datasets import Dataset, DatasetDict
 
 from arxiv_lm.data import IGNORE_INDEX, SegmentCollator, SegmentDataset, tokenize_splits
 from arxiv_lm.metrics import block_nll, segment_metrics
-from lm_experiments_tools.offline_model import load_tokenizer
+from rmt_experiments.offline_model import load_tokenizer
 
 SEGMENT = 4
 PAD = 0

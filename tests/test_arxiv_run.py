@@ -14,17 +14,16 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from arxiv_lm.data import SegmentCollator, SegmentDataset
+from arxiv_lm.experiment import main
+from conftest import SMALL_VOCAB_GPT2
 from lm_experiments_tools.checkpoint import load_checkpoint
 from modeling_rmt import MemoryCell, RecurrentWrapper
-from run_finetuning_arxiv_rmt import main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO_ROOT / "scripts" / "arxiv"
 RMT_SCRIPT = SCRIPTS / "finetune_arxiv_rmt.sh"
 WORDS = ["the", "goes", "to", ".", "alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "light", "north"]
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "eos_token": "[EOS]", "unk_token": "[UNK]"}
-TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 16,
-             "bos_token_id": 1, "eos_token_id": 1, "pad_token_id": 0}
 SEGMENT = 8
 
 
@@ -121,7 +120,7 @@ def scalar_series(run_folder, tag):
 
 @pytest.mark.slow
 def test_end_to_end_script_writes_events_checkpoint_and_results(tmp_path, capsys):
-    (tmp_path / "tiny_gpt2.json").write_text(json.dumps(TINY_GPT2))
+    (tmp_path / "tiny_gpt2.json").write_text(json.dumps(SMALL_VOCAB_GPT2))
     save_word_tokenizer(tmp_path / "tokenizer", WORDS, SPECIAL_TOKENS)
     run_folder = tmp_path / "run"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -137,7 +136,7 @@ def test_end_to_end_script_writes_events_checkpoint_and_results(tmp_path, capsys
     loss = scalar_series(run_folder, "last_block_loss/iterations/valid")
     ppl = scalar_series(run_folder, "last_block_ppl/iterations/valid")
     assert loss is not None and ppl is not None and len(loss) == 2
-    assert loss[-1] < loss[0] < math.log(TINY_GPT2["vocab_size"]) + 1
+    assert loss[-1] < loss[0] < math.log(SMALL_VOCAB_GPT2["vocab_size"]) + 1
     assert ppl[-1] == pytest.approx(math.exp(loss[-1]), rel=1e-4)
     assert scalar_series(run_folder, "seg1_loss/iterations/valid") is not None
     assert "model_state_dict" in load_checkpoint(run_folder / "model_best.pth")
@@ -166,7 +165,7 @@ def test_end_to_end_script_writes_events_checkpoint_and_results(tmp_path, capsys
 
 def tiny_run_inputs(folder):
     """Flags naming a tiny GPT-2 config, a word tokenizer and text files written to folder."""
-    (folder / "tiny_gpt2.json").write_text(json.dumps(TINY_GPT2))
+    (folder / "tiny_gpt2.json").write_text(json.dumps(SMALL_VOCAB_GPT2))
     save_word_tokenizer(folder / "tokenizer", WORDS, SPECIAL_TOKENS)
     return ["--model_cfg", str(folder / "tiny_gpt2.json"), "--tokenizer", str(folder / "tokenizer"),
             "--text_files", *write_documents(folder, 3, seed=0),

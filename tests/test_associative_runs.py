@@ -6,15 +6,16 @@ import math
 import pytest
 import torch
 
-import run_finetuning_arxiv_rmt as run_arxiv
-import run_finetuning_babilong_rmt as run_babilong
+from arxiv_lm import experiment as run_arxiv
+from babilong import experiment as run_babilong
 from babilong import memory_trace
 from babilong.results import RESULTS_FILE, read_results
+from conftest import TINY_BERT, TINY_GPT2, write_config
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME, load_checkpoint
-from lm_experiments_tools.utils import CONFIG_FILE
+from lm_experiments_tools.run_config import CONFIG_FILE
 from test_arxiv_run import tiny_run_inputs
 from test_launchers import SCRIPTS, option_values, run_launcher, stubs  # noqa: F401 (stubs is a fixture)
-from test_run_babilong import TINY_BERT, TINY_GPT2, run_main, write_config
+from test_run_babilong import run_main
 
 INPUT_SIZE, NUM_MEM_TOKENS, D_MEM = 32, 2, 4
 ASSOCIATIVE = ["--memory_type", "associative", "--d_mem", str(D_MEM)]

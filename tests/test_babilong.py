@@ -11,7 +11,7 @@ import torch
 from babilong import BABILongDataset, decoder_collate, encoder_collate, get_task, load_background, parse_babi_file
 from babilong import background as background_module
 from babilong.tasks import OPPOSITE_DIRECTION, PLACES, TaskSample
-from lm_experiments_tools.offline_model import load_tokenizer
+from rmt_experiments.offline_model import load_tokenizer
 
 BABI_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "babi")
 LENGTHS = [50, 137, 499, 998, 4096, 100_000]

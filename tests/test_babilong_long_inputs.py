@@ -12,36 +12,27 @@ from pathlib import Path
 import pytest
 import torch
 
-import run_finetuning_babilong_rmt as run_babilong
+from babilong import experiment as run_babilong
 from babilong import checkpoint_eval, generate_babi, memory_trace
 from babilong.analysis import fact_position, memory_probe, reasoning_by_axis
 from babilong.tasks import OPPOSITE_DIRECTION
+from conftest import LARGE_INIT_BERT
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import babilong_long_eval  # noqa: E402  (a script folder, not a package)
 
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64,
-             "initializer_range": 0.5}  # large weights: samples get clearly different logits
 INPUT_SIZE, NUM_MEM_TOKENS = 32, 2
 LONG_N_SEGMENTS = 40  # many segments: differences between batch sizes would add up over the recurrence
 QA1_N_SEGMENTS = 3
 
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("configs") / "bert.json"
-    path.write_text(json.dumps(TINY_BERT))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_bert, tmp_path_factory) -> Path:
+def tiny_run(large_init_bert, tmp_path_factory) -> Path:
     """A run folder with model_best.pth and config.json after a few steps on 1 segment."""
     run_dir = tmp_path_factory.mktemp("runs") / "seg1"
-    run_babilong.main(["--model_cfg", tiny_bert, "--input_size", str(INPUT_SIZE), "--num_mem_tokens",
+    run_babilong.main(["--model_cfg", large_init_bert, "--input_size", str(INPUT_SIZE), "--num_mem_tokens",
                        str(NUM_MEM_TOKENS), "--num_valid_samples", "4", "--batch_size", "4", "--iters", "2",
                        "--lr", "1e-3", "--valid_interval", "2", "--save_best", "--model_path", str(run_dir)])
     assert (run_dir / BEST_CHECKPOINT_NAME).is_file()
@@ -49,12 +40,12 @@ def tiny_run(tiny_bert, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_qa1_run(tiny_bert, tmp_path_factory) -> Path:
+def tiny_qa1_run(large_init_bert, tmp_path_factory) -> Path:
     """A run folder after a few steps on generated qa1 stories of at most 4 facts, at QA1_N_SEGMENTS segments."""
     root = tmp_path_factory.mktemp("qa1")
     generate_babi.main(["--out", str(root / "babi"), "--tasks", "qa1", "--n_train", "40", "--n_test", "100"])
     run_babilong.main(["--task", "qa1", "--babi_path", str(root / "babi"), "--max_n_facts", "4", "--model_cfg",
-                       tiny_bert, "--input_size", str(INPUT_SIZE), "--num_mem_tokens", str(NUM_MEM_TOKENS),
+                       large_init_bert, "--input_size", str(INPUT_SIZE), "--num_mem_tokens", str(NUM_MEM_TOKENS),
                        "--max_n_segments", str(QA1_N_SEGMENTS), "--num_valid_samples", "4", "--batch_size", "4",
                        "--iters", "2", "--valid_interval", "2", "--save_best", "--model_path", str(root / "run")])
     return root / "run"
@@ -69,10 +60,10 @@ def fact_start(experiment, built, index: int) -> int:
     return built.fact_positions[index]
 
 
-def predictions(tiny_bert: str, batch_size: int, n_samples: int) -> tuple:
+def predictions(large_init_bert: str, batch_size: int, n_samples: int) -> tuple:
     """(logits, labels) of the validation samples at LONG_N_SEGMENTS segments, evaluated batch_size at a time."""
     experiment, stages, _ = run_babilong.setup([
-        "--model_cfg", tiny_bert, "--input_size", str(INPUT_SIZE), "--num_mem_tokens", str(NUM_MEM_TOKENS),
+        "--model_cfg", large_init_bert, "--input_size", str(INPUT_SIZE), "--num_mem_tokens", str(NUM_MEM_TOKENS),
         "--max_n_segments", str(LONG_N_SEGMENTS), "--batch_size", str(batch_size),
         "--num_valid_samples", str(n_samples)])
     model = experiment.model.eval()
@@ -85,9 +76,9 @@ def predictions(tiny_bert: str, batch_size: int, n_samples: int) -> tuple:
     return torch.cat(logits), torch.cat(labels)
 
 
-def test_batched_evaluation_matches_batch_1_over_many_segments(tiny_bert):
-    single_logits, single_labels = predictions(tiny_bert, batch_size=1, n_samples=6)
-    batched_logits, batched_labels = predictions(tiny_bert, batch_size=4, n_samples=6)  # a full and a partial batch
+def test_batched_evaluation_matches_batch_1_over_many_segments(large_init_bert):
+    single_logits, single_labels = predictions(large_init_bert, batch_size=1, n_samples=6)
+    batched_logits, batched_labels = predictions(large_init_bert, batch_size=4, n_samples=6)  # a full and a partial batch
     assert single_logits.shape == (6, 6)
     assert torch.equal(single_labels, batched_labels)
     torch.testing.assert_close(batched_logits, single_logits, atol=1e-5, rtol=0)
@@ -151,9 +142,9 @@ def neighbour_directions(facts) -> list:
 
 
 @pytest.fixture(scope="module")
-def tiny_reasoning_run(tiny_bert, tmp_path_factory) -> Path:
+def tiny_reasoning_run(large_init_bert, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "reasoning"
-    run_babilong.main(["--task", "reasoning", "--model_cfg", tiny_bert, "--input_size", str(INPUT_SIZE),
+    run_babilong.main(["--task", "reasoning", "--model_cfg", large_init_bert, "--input_size", str(INPUT_SIZE),
                        "--num_mem_tokens", str(NUM_MEM_TOKENS), "--num_valid_samples", "4", "--batch_size", "4",
                        "--iters", "2", "--valid_interval", "2", "--save_best", "--model_path", str(run_dir)])
     return run_dir
@@ -203,7 +194,7 @@ def test_memory_probe_reads_the_memory_each_segment_wrote(tiny_qa1_run):
     experiment, stages = checkpoint_eval.checkpoint_experiment(tiny_qa1_run, QA1_N_SEGMENTS, 6, batch_size=6)
     dataset = experiment.dataset(stages[0], "valid", 6)
     states = memory_probe.memory_states(experiment, dataset, batch_size=4)  # two batches
-    assert states.shape == (6, QA1_N_SEGMENTS - 1, NUM_MEM_TOKENS * TINY_BERT["hidden_size"])
+    assert states.shape == (6, QA1_N_SEGMENTS - 1, NUM_MEM_TOKENS * LARGE_INIT_BERT["hidden_size"])
     batch = experiment.collate()([dataset[i] for i in range(6)])
     with torch.no_grad():  # the wrapper's own record of each segment's last hidden layer
         output = experiment.model(batch["input_ids"], attention_mask=batch["attention_mask"],

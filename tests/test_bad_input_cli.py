@@ -20,14 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import run_finetuning_arxiv_rmt as run_arxiv
-import run_finetuning_babilong_rmt as run_babilong
+from arxiv_lm import experiment as run_arxiv
+from babilong import experiment as run_babilong
+from conftest import ONE_LAYER_BERT, ONE_LAYER_GPT2, write_config
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME, save_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_BERT = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-             "intermediate_size": 32, "vocab_size": 30522, "max_position_embeddings": 64}
-TINY_GPT2 = {"model_type": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 64, "vocab_size": 30522}
 SUBPROCESS_TIMEOUT = 240
 WORDS = "the river stone cloud light north alpha beta gamma delta goes to a and of".split()
 TMP_PATH_PATTERN = re.compile(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/ ']+")
@@ -123,11 +121,6 @@ def assert_one_line(code: int, lines: list, expected_code: int, *fragments: str)
     return lines[-1]
 
 
-def write_json(path: Path, values: dict) -> str:
-    path.write_text(json.dumps(values))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def configs(tmp_path_factory):
     """Tiny backbone configs, and a few short text documents for the ArXiv script."""
@@ -137,7 +130,7 @@ def configs(tmp_path_factory):
     for i in range(6):
         documents.append(folder / f"doc_{i}.txt")
         documents[-1].write_text(" ".join(generator.choice(WORDS) for _ in range(120)))
-    return {"bert": write_json(folder / "bert.json", TINY_BERT), "gpt2": write_json(folder / "gpt2.json", TINY_GPT2),
+    return {"bert": write_config(folder, ONE_LAYER_BERT), "gpt2": write_config(folder, ONE_LAYER_GPT2),
             "train_texts": [str(path) for path in documents[:4]], "valid_texts": [str(path) for path in documents[4:]]}
 
 

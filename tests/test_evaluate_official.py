@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 
 from babilong import evaluate_official as official
+from babilong import experiment as babilong_experiment
 from babilong import generate_babi
+from conftest import TINY_BERT, TINY_GPT2
 from lm_experiments_tools.errors import BadInputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64}
-TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 30522}
 
 # (task, question, target, output, correct by the official rule)
 CASES = [
@@ -128,18 +127,17 @@ def test_a_dataset_missing_a_field_is_refused(tmp_path):
 # ---- end to end on real (tiny, random) checkpoints -------------------------------------------------------------
 
 def train_tiny_run(tmp_path: Path, model_type: str, memory_type: str = "tokens") -> Path:
-    import run_finetuning_babilong_rmt as run_babilong
     babi = tmp_path / "babi"
     generate_babi.generate(str(babi), ["qa1"], 20, 10, seed=0)
     config = tmp_path / f"{model_type}.json"
     config.write_text(json.dumps(TINY_BERT if model_type == "encoder" else TINY_GPT2))
     run_dir = tmp_path / "run"
-    run_babilong.main(["--task", "qa1", "--babi_path", str(babi), "--model_type", model_type,
-                       "--model_cfg", str(config), "--input_size", "32", "--num_mem_tokens", "2",
-                       "--max_n_segments", "4", "--num_valid_samples", "4", "--batch_size", "2", "--iters", "2",
-                       "--lr", "1e-3", "--valid_interval", "2", "--save_best", "--optimize_metric", "exact_match",
-                       "--optimize_mode", "max", "--memory_type", memory_type, "--d_mem", "4",
-                       "--model_path", str(run_dir)])
+    babilong_experiment.main(["--task", "qa1", "--babi_path", str(babi), "--model_type", model_type,
+                              "--model_cfg", str(config), "--input_size", "32", "--num_mem_tokens", "2",
+                              "--max_n_segments", "4", "--num_valid_samples", "4", "--batch_size", "2", "--iters", "2",
+                              "--lr", "1e-3", "--valid_interval", "2", "--save_best", "--optimize_metric",
+                              "exact_match", "--optimize_mode", "max", "--memory_type", memory_type, "--d_mem", "4",
+                              "--model_path", str(run_dir)])
     return run_dir
 
 
@@ -210,9 +208,8 @@ def test_a_run_folder_cannot_choose_a_class_to_import(tmp_path, monkeypatch, nam
 
 
 def test_a_run_folder_gives_only_architecture_arguments(tmp_path, monkeypatch):
-    import run_finetuning_babilong_rmt as run_babilong
     seen = {}
-    monkeypatch.setattr(run_babilong, "build_model", lambda args, *rest: seen.update(vars(args)) or 1 / 0)
+    monkeypatch.setattr(official, "build_model", lambda args, *rest: seen.update(vars(args)) or 1 / 0)
     run_dir = fake_run_folder(tmp_path / "run", optimizer="untrusted_probe:run", noise_dataset="/etc")
     with pytest.raises(ZeroDivisionError):
         official.load_run(str(run_dir))

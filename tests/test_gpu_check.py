@@ -12,12 +12,11 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from benchmarks.gpu import gpu_check
+from conftest import TINY_BERT
 from lm_experiments_tools import runs
-from lm_experiments_tools.offline_model import load_tokenizer
+from rmt_experiments.offline_model import load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
-             "max_position_embeddings": 64}
 JUNIT_REPORT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
 <testcase classname="tests.test_a" name="test_passes" time="0.1"/>
 <testcase classname="tests.test_a" name="test_skipped" time="0.0"><skipped message="needs a CUDA device"/></testcase>
@@ -34,7 +33,7 @@ def write_tiny_assets(folder: Path) -> Path:
     """What `gpu_check.py --prepare` writes, for a tiny BERT: fp16 weights, config and the MiniLM tokenizer."""
     target = folder / gpu_check.BACKBONE_FOLDER
     torch.manual_seed(0)
-    BertModel(BertConfig(**TINY_BERT)).half().save_pretrained(target)  # a backbone without a classifier
+    BertModel(BertConfig(**{k: v for k, v in TINY_BERT.items() if k != "model_type"})).half().save_pretrained(target)  # a backbone without a classifier
     load_tokenizer().save_pretrained(target)  # the offline MiniLM tokenizer
     return target
 

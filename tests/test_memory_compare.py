@@ -9,11 +9,10 @@ import pytest
 
 from babilong import compare
 from babilong.results import read_results
+from conftest import TINY_BERT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPARE = REPO_ROOT / "scripts" / "babilong" / "offline_memory_compare.sh"
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64}
 TINY_JOB = {"N_TRAIN": "40", "N_TEST": "20", "SHORT_MAX_N_FACTS": "", "SEGMENTS": "1 2", "ITERS": "2",
             "VALID_INTERVAL": "1", "NUM_VALID_SAMPLES": "4", "EVAL_NUM_VALID_SAMPLES": "4", "LONG_SEGMENTS": "4",
             "LONG_VALID_SAMPLES": "4", "FACT_SPLIT_SAMPLES": "6", "INPUT_SIZE": "64", "MEMORY_SIZE": "2", "TBS": "2",

@@ -8,7 +8,6 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
-from lm_experiments_tools.errors import BadInputError
 from modeling_rmt import (MemoryCell, MemoryConfig, RecurrentWrapper, RMTDecoderConfig, RMTEncoderConfig,
                           RMTEncoderForSequenceClassification, RMTForCausalLM, RMTForSequenceClassification)
 from modeling_rmt.memory_config import bptt_depth_from_segments, bptt_segments_from_depth
@@ -63,7 +62,7 @@ def test_a_bad_value_is_named(fields, message):
 
 
 def test_segment_checkpointing_must_be_a_bool():
-    with pytest.raises(BadInputError, match="segment_checkpointing='yes'; expected True or False"):
+    with pytest.raises(ValueError, match="segment_checkpointing='yes'; expected True or False"):
         config(segment_checkpointing="yes")
 
 

@@ -23,13 +23,11 @@ from babilong.evaluate_official import prompt_ids
 from babilong.model_folder import load_model_folder
 from babilong.results import RESULTS_FILE, read_results
 from babilong.tasks import get_task
-from lm_experiments_tools.offline_model import load_tokenizer
-from lm_experiments_tools.utils import CONFIG_FILE
+from conftest import TINY_BERT, TINY_GPT2
+from lm_experiments_tools.run_config import CONFIG_FILE
+from rmt_experiments.offline_model import load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64}
-TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 30522}
 INPUT_SIZE, NUM_MEM_TOKENS, D_MEM = 32, 2, 4
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
                "PYTHONPATH": str(REPO_ROOT)}
@@ -128,7 +126,7 @@ def test_push_to_hub_uploads_config_weights_and_tokenizer(tokenizer, monkeypatch
 
 def train_run(tmp_path: Path, model_type: str) -> Path:
     """A tiny qa1 curriculum (4 then 5 segments, also evaluated at 6); returns the last stage's run folder."""
-    import run_finetuning_babilong_rmt as run_babilong
+    from babilong import experiment as run_babilong
     babi = tmp_path / "babi"
     generate_babi.generate(str(babi), ["qa1"], 20, 10, seed=0)
     config = tmp_path / f"{model_type}.json"

@@ -9,16 +9,15 @@ import pytest
 import torch
 
 from babilong.results import RESULTS_FILE, read_results
+from conftest import TINY_BERT
 from lm_experiments_tools import TrainerArgs
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
-from lm_experiments_tools.utils import CONFIG_FILE
+from lm_experiments_tools.run_config import CONFIG_FILE
 from trainer_scripts.tiny_task import build_trainer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 MAIN_JOB = REPO_ROOT / "scripts" / "babilong" / "offline_main_job.sh"
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64}
 # validations of a stage that reaches 100% early while its loss keeps falling (as the main job's stages do)
 VALIDATIONS = {2: (87.5, 0.9), 4: (100.0, 0.62), 6: (100.0, 0.35), 8: (98.4, 0.33), 10: (100.0, 0.21)}
 # (optimize_metric, optimize_mode) of the curriculum stages and of the long stage, as the launcher passes them

@@ -8,29 +8,22 @@ from pathlib import Path
 import pytest
 import torch
 
-import run_finetuning_babilong_rmt as run_babilong
+from babilong import experiment as run_babilong
 from babilong import generate_babi, plot
 from babilong.metrics import f1_scores
 from babilong.results import RESULTS_FILE, append_result, read_results
+from conftest import TINY_GPT2, write_config
 from lm_experiments_tools import runs as run_layer
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
-from lm_experiments_tools.utils import CONFIG_FILE
+from lm_experiments_tools.run_config import CONFIG_FILE
+from rmt_experiments import checkpoints as run_weights
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO_ROOT / "scripts" / "babilong"
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64}
-TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64, "vocab_size": 30522}
 INPUT_SIZE, NUM_MEM_TOKENS = 32, 2
 SEGMENT_SIZE = INPUT_SIZE - NUM_MEM_TOKENS - 3  # [CLS] mem [SEP] tokens [SEP]
 NUM_VALID_SAMPLES = 6
 STAGE_DIR = "seg{n_segments}"
-
-
-def write_config(folder: Path, values: dict) -> str:
-    path = folder / f"{values['model_type']}.json"
-    path.write_text(json.dumps(values))
-    return str(path)
 
 
 def common_args(model_cfg: str) -> list:
@@ -71,16 +64,11 @@ def stage_records(folder: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    return write_config(tmp_path_factory.mktemp("configs"), TINY_BERT)
-
-
-@pytest.fixture(scope="module")
 def curriculum_run(tiny_bert, tmp_path_factory):
     """A two-stage curriculum (1 then 2 segments), evaluated also at 3 segments; records weight loads in order."""
     runs = tmp_path_factory.mktemp("runs")
     events = []
-    original_load, original_prepare = run_layer.load_model_weights, run_layer.prepare_run
+    original_load, original_prepare = run_weights.load_model_weights, run_layer.prepare_run
 
     def spy_load(model, path):
         events.append(("load", Path(path)))
@@ -91,7 +79,7 @@ def curriculum_run(tiny_bert, tmp_path_factory):
         return original_prepare(values, logger)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(run_layer, "load_model_weights", spy_load)
+        patch.setattr(run_weights, "load_model_weights", spy_load)
         patch.setattr(run_layer, "prepare_run", spy_prepare)
         run_babilong.main(common_args(tiny_bert) + training_args() + [
             "--curriculum", "1,2", "--eval_n_segments", "3", "--model_path", str(runs / STAGE_DIR / "run_1")])

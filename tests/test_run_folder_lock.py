@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_BERT
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "vocab_size": 30522, "max_position_embeddings": 64}
 # lock the folder argv[1], say so by creating argv[2], then hold the lock until killed
 HOLD = ("import pathlib, sys, time\n"
         "from lm_experiments_tools.run_folder import lock_run_folder\n"

@@ -1,16 +1,17 @@
-"""Tests of the shared run-script layer (lm_experiments_tools.runs) and of the entry scripts' command lines."""
+"""Tests of the run plumbing (lm_experiments_tools.runs), the shared RMT options (rmt_experiments) and of the
+entry scripts' command lines."""
 import dataclasses
 
 import pytest
 from transformers import HfArgumentParser
 
+from arxiv_lm.run_args import ArxivArgs
+from babilong.run_args import BabilongArgs
 from lm_experiments_tools import TrainerArgs
+from lm_experiments_tools.distributed import DistributedContext
 from lm_experiments_tools.errors import BadInputError
-from lm_experiments_tools.runs import (FULL_BPTT, bptt_depth_from_segments, bptt_segments_from_depth,
-                                       exit_on_bad_input, process_shard)
-from lm_experiments_tools.utils import DistributedContext
-from run_finetuning_arxiv_rmt import ArxivArgs
-from run_finetuning_babilong_rmt import BabilongArgs
+from lm_experiments_tools.runs import exit_on_bad_input, process_shard
+from rmt_experiments.memory_options import FULL_BPTT, bptt_depth_from_segments, bptt_segments_from_depth
 
 
 @pytest.mark.parametrize("n_samples", [0, 1, 5, 7, 8])

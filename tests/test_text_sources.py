@@ -1,5 +1,5 @@
-"""Tests of the shared text sources (lm_experiments_tools.text_sources) and the offline tokenizer rules
-(lm_experiments_tools.offline_model): the offline default, text files, saved datasets, the hub, bad input."""
+"""Tests of the shared text sources (rmt_experiments.text_sources) and the offline tokenizer rules
+(rmt_experiments.offline_model): the offline default, text files, saved datasets, the hub, bad input."""
 import re
 import sys
 
@@ -7,10 +7,10 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from lm_experiments_tools.errors import BadInputError
-from lm_experiments_tools.offline_model import ensure_pad_and_eos, eos_token_id, load_tokenizer, small_gpt2_config
-from lm_experiments_tools.text_sources import (HELD_OUT, SPLITS, as_dataset_dict, document_split, load_splits,
-                                               python_source_documents, read_split_texts, saved_dataset_splits,
-                                               split_documents, stdlib_documents, text_files_by_split)
+from rmt_experiments.offline_model import ensure_pad_and_eos, eos_token_id, load_tokenizer, small_gpt2_config
+from rmt_experiments.text_sources import (HELD_OUT, SPLITS, as_dataset_dict, document_split, load_splits,
+                                          python_source_documents, read_split_texts, saved_dataset_splits,
+                                          split_documents, stdlib_documents, text_files_by_split)
 
 
 def _names_by_split(named_texts):

@@ -1,4 +1,4 @@
-"""lm_experiments_tools.utils: class lookup, optimizer lookup, rank-0 helpers, run bookkeeping, distributed setup."""
+"""lm_experiments_tools: class lookup, optimizer lookup, rank-0 helpers, run bookkeeping, distributed setup."""
 import json
 import logging
 from argparse import Namespace
@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from lm_experiments_tools import TrainerArgs
-from lm_experiments_tools.utils import (collect_run_configuration, get_cls_by_name, get_distributed_rank,
-                                        get_optimizer, init_distributed, prepare_run, rank_0)
+from lm_experiments_tools.class_names import get_cls_by_name
+from lm_experiments_tools.distributed import get_distributed_rank, init_distributed, rank_0
+from lm_experiments_tools.optimizers import get_optimizer
+from lm_experiments_tools.run_config import collect_run_configuration, prepare_run
 
 
 def test_get_cls_by_name():

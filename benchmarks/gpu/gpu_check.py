@@ -475,7 +475,7 @@ def prepare_assets(assets: Path) -> None:
     """Write an fp16 copy of the offline MiniLM backbone and its tokenizer (about 45 MB) under `assets`."""
     from transformers import AutoModel, AutoTokenizer
 
-    from lm_experiments_tools.offline_model import offline_model_path
+    from rmt_experiments.offline_model import offline_model_path
 
     source, target = offline_model_path(), assets / BACKBONE_FOLDER
     AutoModel.from_pretrained(source).half().save_pretrained(target)

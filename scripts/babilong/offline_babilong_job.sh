@@ -84,9 +84,7 @@ for TASK in $TASKS; do
     MODEL_CPT="$LAST_RUN" INPUT_SIZE="$INPUT_SIZE" SEGMENTS="$LONG_SEGMENTS" NUM_VALID_SAMPLES="$LONG_VALID_SAMPLES" \
         "$SCRIPT_DIR/eval_babilong_rmt_from_cpt.sh" "$@"
     if [[ -n $FACT_SPLIT_SAMPLES ]]; then
-        # the split rebuilds the run's experiment through the entry script, which is not an installed module
-        PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" \
-            python -m babilong.analysis.fact_position "$LAST_RUN" --n_segments "${SEGMENTS##* }" \
+        python -m babilong.analysis.fact_position "$LAST_RUN" --n_segments "${SEGMENTS##* }" \
             --n_samples "$FACT_SPLIT_SAMPLES" > "$LAST_RUN/fact_split.json"
     fi
 done

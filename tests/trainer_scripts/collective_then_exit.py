@@ -14,7 +14,7 @@ import time
 
 import torch.distributed as dist
 
-from lm_experiments_tools.utils import init_distributed
+from lm_experiments_tools.distributed import init_distributed
 
 WORLD_SIZE = 2
 

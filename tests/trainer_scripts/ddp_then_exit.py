@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lm_experiments_tools.utils import hold_process_group, init_distributed
+from lm_experiments_tools.distributed import hold_process_group, init_distributed
 
 WORLD_SIZE = 2
 GLOO_THREAD_PREFIXES = ("pt_gloo", "gloo")  # pt_gloo_runloop: worker threads; gloo_tcp_loop: the transport's loop

@@ -10,8 +10,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from lm_experiments_tools.distributed import init_distributed
 from lm_experiments_tools.run_folder import exit_with_one_line
-from lm_experiments_tools.utils import init_distributed
 
 WORLD_SIZE = 2
 

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lm_experiments_tools import Trainer, TrainerArgs
-from lm_experiments_tools.utils import init_distributed
+from lm_experiments_tools.distributed import init_distributed
 
 N_FEATURES = 8
 HIDDEN_SIZE = 16

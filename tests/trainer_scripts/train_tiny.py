@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 from transformers import HfArgumentParser
 
-from lm_experiments_tools import TrainerArgs
-from lm_experiments_tools.utils import init_distributed
 from ddp_then_exit import gloo_thread_count
+from lm_experiments_tools import TrainerArgs
+from lm_experiments_tools.distributed import init_distributed
 from tiny_task import build_trainer, dataset_metrics, flat_parameters, keep_errors
 
 logger = logging.getLogger(__name__)

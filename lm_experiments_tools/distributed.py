@@ -1,35 +1,20 @@
-"""Helpers for experiment scripts: class lookup by name, distributed setup and run bookkeeping.
+"""Distributed set-up: the process group under torchrun or `accelerate launch`, this process's rank and device.
 
 A script starts with `init_distributed()` (it reads the environment that `torchrun` and `accelerate launch` set),
-builds its samplers and data loaders, calls `prepare_run(args, logger)` to record the run next to its checkpoints,
-and hands everything to `Trainer`. The process group is torn down when the process exits, whichever way it exits.
-Nothing here runs at import time.
+builds its samplers and data loaders and hands everything to `Trainer`. The process group is torn down when the
+process exits, whichever way it exits. Nothing here runs at import time.
 """
 import atexit
 import dataclasses
 import functools
 import gc
 import importlib
-import json
-import logging
 import os
-import platform
-import subprocess
 import sys
 import weakref
-from argparse import Namespace
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
-
-from lm_experiments_tools.errors import BadInputError
-
-logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-GIT_DIFF_FILE = "git.diff"
 
 _distributed_context = None  # set once by init_distributed()
 _group_holders = weakref.WeakSet()  # objects that release their hold on the process group before a normal teardown
@@ -47,62 +32,6 @@ class DistributedContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def get_cls_by_name(name: str):
-    """Import a class (or any attribute) given as 'module:Class'.
-
-    Args:
-        name: 'package.module:ClassName', e.g. 'transformers:AutoModelForSequenceClassification'.
-
-    Returns:
-        The attribute found.
-    """
-    module_name, sep, attr_name = name.partition(":")
-    if not sep or not module_name or not attr_name:
-        raise ValueError(f"class name {name!r} is not of the form 'module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"cannot import module {module_name!r} of {name!r}: {error}") from error
-    if not hasattr(module, attr_name):
-        raise ValueError(f"module {module_name!r} has no attribute {attr_name!r} (from {name!r})")
-    return getattr(module, attr_name)
-
-
-def parse_positive_ints(text: str, flag: str) -> list:
-    """The comma-separated positive integers of a list flag such as --curriculum 1,2,4.
-
-    Raises:
-        BadInputError naming the flag and its value when an item is empty, not an integer or below 1.
-    """
-    try:
-        values = [int(item) for item in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        raise BadInputError(f"--{flag} {text!r}: expected comma-separated positive integers, e.g. 1,2,4")
-    return values
-
-
-def get_optimizer(name: str):
-    """Find an optimizer class by name.
-
-    Args:
-        name: a class of `torch.optim` ('AdamW'), of `transformers.optimization` ('Adafactor'), or 'module:Class'.
-
-    Returns:
-        The optimizer class (not an instance).
-    """
-    if ":" in name:
-        return get_cls_by_name(name)
-    if hasattr(torch.optim, name):
-        return getattr(torch.optim, name)
-    transformers_optimization = importlib.import_module("transformers.optimization")
-    if hasattr(transformers_optimization, name):
-        return getattr(transformers_optimization, name)
-    raise ValueError(f"unknown optimizer {name!r}: expected a torch.optim or transformers optimizer name "
-                     f"(e.g. 'AdamW', 'Adafactor') or 'module:Class'")
 
 
 def init_distributed() -> DistributedContext:
@@ -209,74 +138,3 @@ def rank_0(fn):
             return fn(*args, **kwargs)
         return None
     return wrapper
-
-
-def _args_to_dict(args) -> dict:
-    if dataclasses.is_dataclass(args):
-        return dataclasses.asdict(args)
-    if isinstance(args, Namespace):
-        return vars(args).copy()
-    if isinstance(args, dict):
-        return dict(args)
-    raise ValueError(f"args of type {type(args).__name__} is not supported: expected a dataclass, "
-                     f"an argparse.Namespace or a dict")
-
-
-def _run_git(*command: str) -> str | None:
-    """Output of a git command in the folder of this package's checkout, None when git is unavailable."""
-    repo_dir = Path(__file__).resolve().parent.parent
-    try:
-        result = subprocess.run(["git", *command], cwd=repo_dir, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout if result.returncode == 0 else None
-
-
-def collect_run_configuration(args) -> dict:
-    """Everything needed to tell a run apart and repeat it.
-
-    Args:
-        args: a dataclass, argparse.Namespace or dict of the run's arguments.
-
-    Returns:
-        A JSON-serialisable dict: args, environment (CUDA_VISIBLE_DEVICES, world size), machine, git commit.
-    """
-    commit = _run_git("rev-parse", "HEAD")
-    return {
-        "args": json.loads(json.dumps(_args_to_dict(args), default=str)),
-        "environment": {
-            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-            "command": sys.argv,
-        },
-        "machine": {
-            "hostname": platform.node(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        },
-        "git_commit": commit.strip() if commit else None,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def prepare_run(args, logger: logging.Logger | None = None) -> None:
-    """Create `args.model_path` and write config.json and git.diff there (rank 0 only).
-
-    Args:
-        args: the run's arguments (dataclass, argparse.Namespace or dict) with a `model_path` entry; a None
-            model_path writes nothing.
-        logger: where to report what was written; defaults to this module's logger.
-    """
-    logger = logger or logging.getLogger(__name__)
-    model_path = _args_to_dict(args).get("model_path")
-    if model_path is None or get_distributed_rank() != 0:
-        return
-    model_path = Path(model_path)
-    model_path.mkdir(parents=True, exist_ok=True)
-    configuration = collect_run_configuration(args)
-    (model_path / CONFIG_FILE).write_text(json.dumps(configuration, indent=2))
-    (model_path / GIT_DIFF_FILE).write_text(_run_git("diff", "HEAD") or "")
-    logger.info(f"run configuration written to {model_path / CONFIG_FILE} (git commit "
-                f"{configuration['git_commit']}), uncommitted changes to {model_path / GIT_DIFF_FILE}")

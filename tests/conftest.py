@@ -1,0 +1,39 @@
+"""The tests' shared tiny backbones: the config values that their `--model_cfg` files hold (a random BERT encoder
+and a random GPT-2 decoder over the offline MiniLM vocabulary), the variations that some tests need, named here,
+and fixtures that write them as config files."""
+import json
+from pathlib import Path
+
+import pytest
+
+MINILM_VOCAB_SIZE = 30522  # the offline tokenizer's vocabulary: every id it gives has an embedding
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "vocab_size": MINILM_VOCAB_SIZE, "max_position_embeddings": 64}
+TINY_GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64,
+             "vocab_size": MINILM_VOCAB_SIZE}
+# one layer of 16: the command-line tests only need a model that builds and takes a step
+ONE_LAYER_BERT = {**TINY_BERT, "hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 32}
+ONE_LAYER_GPT2 = {**TINY_GPT2, "n_layer": 1, "n_embd": 16}
+# large initial weights: samples get clearly different logits
+LARGE_INIT_BERT = {**TINY_BERT, "initializer_range": 0.5}
+# over the 16-token vocabulary of the ArXiv tests' own tokenizer
+SMALL_VOCAB_GPT2 = {**TINY_GPT2, "vocab_size": 16, "bos_token_id": 1, "eos_token_id": 1, "pad_token_id": 0}
+
+
+def write_config(folder: Path, values: dict, name: str | None = None) -> str:
+    """Write a `--model_cfg` file (folder/<model_type>.json unless named) and return its path."""
+    path = Path(folder) / (name or f"{values['model_type']}.json")
+    path.write_text(json.dumps(values))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    """A `--model_cfg` file of TINY_BERT."""
+    return write_config(tmp_path_factory.mktemp("configs"), TINY_BERT)
+
+
+@pytest.fixture(scope="module")
+def large_init_bert(tmp_path_factory) -> str:
+    """A `--model_cfg` file of LARGE_INIT_BERT."""
+    return write_config(tmp_path_factory.mktemp("configs"), LARGE_INIT_BERT)
