@@ -25,7 +25,7 @@ from lm_experiments_tools.run_folder import (check_resumed_settings, evaluation_
 from lm_experiments_tools.runs import (build_backbone, eval_batches, exit_on_bad_input, exit_on_failure, load_config,
                                        make_trainer, run_values, start_run, train_batches, write_run_config)
 from modeling_rmt.decoder import memory_positions
-from rmt_experiments.checkpoints import load_run_weights
+from rmt_experiments.checkpoints import is_model_folder, load_run_weights
 from rmt_experiments.memory_options import (bptt_depth_from_segments, memory_type_options,
                                             segment_checkpointing_option)
 from rmt_experiments.offline_model import eos_token_id, load_tokenizer, offline_model_path, small_gpt2_config
@@ -33,6 +33,7 @@ from rmt_experiments.run_args import build_optimizer, parse_args
 
 from .dataset import BABILongDataset, decoder_collate, encoder_collate
 from .metrics import BabilongMetrics
+from .model_folder import load_model_folder_weights, trained_values
 from .results import append_result
 from .run_args import (BABILONG_RESUME_MAY_CHANGE, DEFAULT_BACKBONE_CLS, DEFAULT_MODEL_CLS, BabilongArgs,
                        backbone_name)
@@ -182,7 +183,7 @@ def train_stage(experiment: Experiment, stage: Stage, init_dir) -> Path:
     experiment.run_folder = None if model_path is None else Path(model_path)
     model.max_n_segments = stage.n_segments
     if init_dir is not None:
-        load_run_weights(model, init_dir)
+        load_initial_weights(model, init_dir)
     write_run_config(stage_trainer_args, stage_args)
     train, valid = experiment.train_batches(stage), experiment.valid_batches(stage)
     logger.info(f"stage: {stage.n_segments} segments, {stage.input_seq_len} task tokens per sample, run folder "
@@ -226,10 +227,21 @@ def run_curriculum(experiment: Experiment, stages: list, extra: list) -> None:
 
 
 def _trained_n_segments(model_cpt) -> int | None:
+    if is_model_folder(model_cpt):
+        return trained_values(model_cpt)["max_n_segments"]
     config_file = Path(model_cpt) / CONFIG_FILE
     if not config_file.is_file():
         return None
     return json.loads(config_file.read_text()).get("args", {}).get("max_n_segments")
+
+
+def load_initial_weights(model, model_cpt) -> Path:
+    """The weights of --model_cpt: a run folder's best checkpoint or a model folder's weights."""
+    if is_model_folder(model_cpt):
+        path = load_model_folder_weights(model, model_cpt)
+        logger.info(f"model weights loaded from {path}")
+        return path
+    return load_run_weights(model, model_cpt)
 
 
 def validate_checkpoint(experiment: Experiment, stages: list, extra: list) -> None:
@@ -239,7 +251,7 @@ def validate_checkpoint(experiment: Experiment, stages: list, extra: list) -> No
     results_dir = experiment.run_folder
     if experiment.context.is_main:
         lock_run_folder(results_dir)
-    checkpoint = load_run_weights(experiment.model, args.model_cpt)
+    checkpoint = load_initial_weights(experiment.model, args.model_cpt)
     if results_dir.resolve() != Path(args.model_cpt).resolve():  # the evaluated run keeps its own config.json
         write_run_config(dataclasses.replace(experiment.trainer_args, model_path=str(results_dir)), args)
     for stage in extra or stages:
@@ -257,7 +269,7 @@ def setup(argv=None) -> tuple:
     model = build_model(args, tokenizer, len(task.labels))
     stages, extra = plan_stages(args, model.segment_size, answer_room(args, tokenizer, task))
     if args.model_cpt:
-        load_run_weights(model, args.model_cpt)  # refuses weights of another shape before any time is spent
+        load_initial_weights(model, args.model_cpt)  # refuses weights of another shape before any time is spent
     experiment = Experiment(args, trainer_args, model, tokenizer, task, context)
     experiment.valid_batches(stages[0])  # the background loads and the first sample builds, or fails
     if args.validate_only:

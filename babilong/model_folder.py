@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.run_config import CONFIG_FILE
+from rmt_experiments.checkpoints import is_model_folder  # noqa: F401 (the model folders' test, re-exported)
 from rmt_experiments.offline_model import ensure_pad_and_eos
 
 WEIGHTS_FILE = "model.safetensors"
@@ -30,17 +31,6 @@ def read_json(path: Path) -> dict:
     if not isinstance(values, dict):
         raise BadInputError(f"{path} holds a {type(values).__name__}: expected a JSON object")
     return values
-
-
-def is_model_folder(path) -> bool:
-    """Whether `path` is meant as a model folder: its config.json has a model_type (a run folder's has args)."""
-    config_file = Path(path) / CONFIG_FILE
-    if not config_file.is_file():
-        return False
-    try:
-        return "model_type" in json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
-        return False
 
 
 def _head_model_types(mapping: str) -> set:
@@ -105,3 +95,25 @@ def load_model_folder(path) -> tuple:
         raise BadInputError(f"{path}: loaded a {type(model).__name__}: expected an RMT model")
     labels = model.config.task_labels or list((model.config.id2label or {}).values())
     return model_type, ensure_pad_and_eos(model.tokenizer), model.eval(), labels
+
+
+def trained_values(path) -> dict:
+    """What a model folder's config.json says of its training, in the names of a run folder's args: model_type
+    ('encoder' / 'decoder'), num_mem_tokens, memory_type, d_mem, max_n_segments."""
+    config = check_model_folder(path)
+    memory = config.get("memory_config") or config
+    return {"model_type": FOLDER_TYPES[config["model_type"]][0],
+            **{name: memory.get(name) for name in ("num_mem_tokens", "memory_type", "d_mem", "max_n_segments")}}
+
+
+def load_model_folder_weights(model, path) -> Path:
+    """Load a checked model folder's weights into a wrapper built by the entry script (`--model_cpt`); returns
+    the weights file. BadInputError when they do not fit, naming the mismatch."""
+    _, _, folder_model, _ = load_model_folder(path)
+    try:
+        model.load_state_dict(folder_model.rmt.state_dict())
+    except RuntimeError as error:
+        reason = str(error).splitlines()[0]
+        raise BadInputError(f"--model_cpt {str(path)!r} does not fit this model: {reason}; expected a model folder "
+                            "of the same backbone and memory") from error
+    return Path(path) / WEIGHTS_FILE

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 from lm_experiments_tools.errors import BadInputError
@@ -12,6 +13,7 @@ from rmt_experiments.memory_options import bptt_segments_from_depth
 from rmt_experiments.run_args import RESUME_MAY_CHANGE, RunArgs
 
 from .dataset import MODEL_TYPES
+from .model_folder import is_model_folder, trained_values
 from .tasks import PLACEMENTS, TASK_NAMES
 
 N_SEGMENTS_PLACEHOLDER = "{n_segments}"
@@ -28,6 +30,8 @@ BABILONG_RESUME_MAY_CHANGE = RESUME_MAY_CHANGE | {"show_valid_examples", "eval_n
 class BabilongArgs(RunArgs):
     """Options of the task, the model and the memory; shared ones come from `RunArgs`, the Trainer's from
     `TrainerArgs`."""
+
+    accepts_model_folders: ClassVar[bool] = True
 
     task: str = help_field("memorize", f"Task: {', '.join(TASK_NAMES[:4])} or qa1..qa20 (bAbI, needs babi_path)")
     noise_dataset: str = help_field(
@@ -121,18 +125,21 @@ def backbone_name(values: dict) -> str:
 
 
 def check_checkpoint_config(args: BabilongArgs) -> None:
-    """When --model_cpt has a config.json, it must have been trained with the same memory and backbone."""
+    """When --model_cpt has a config.json, it must have been trained with the same memory and backbone (a model
+    folder names no backbone: its weights are refused at loading when they do not fit)."""
     config_file = Path(args.model_cpt) / CONFIG_FILE
     if not config_file.is_file():
         return  # weights of another shape are still refused when they are loaded
-    trained = json.loads(config_file.read_text()).get("args", {})
+    model_folder = is_model_folder(args.model_cpt)
+    trained = trained_values(args.model_cpt) if model_folder else json.loads(config_file.read_text()).get("args", {})
     current = dataclasses.asdict(args)
-    for name, read in (("model_type", lambda values: values.get("model_type", args.model_type)),
-                       ("num_mem_tokens", lambda values: values.get("num_mem_tokens", args.num_mem_tokens)),
-                       ("memory_type", lambda values: values.get("memory_type", "tokens")),
-                       ("d_mem", lambda values: values.get("d_mem", 64) if values.get("memory_type") == "associative"
-                        else None),
-                       ("backbone", backbone_name)):
+    checks = [("model_type", lambda values: values.get("model_type", args.model_type)),
+              ("num_mem_tokens", lambda values: values.get("num_mem_tokens", args.num_mem_tokens)),
+              ("memory_type", lambda values: values.get("memory_type", "tokens")),
+              ("d_mem", lambda values: values.get("d_mem", 64) if values.get("memory_type") == "associative" else None)]
+    if not model_folder:
+        checks.append(("backbone", backbone_name))
+    for name, read in checks:
         if read(trained) != read(current):
             raise BadInputError(f"--model_cpt {args.model_cpt!r} was trained with {name}={read(trained)!r} but "
                                 f"this run has {name}={read(current)!r}: expected the same {name}")

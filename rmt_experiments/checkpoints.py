@@ -1,5 +1,6 @@
 """The weights of a run folder (`--model_cpt`) and the classes that a run folder's config.json may name."""
 import importlib
+import json
 import logging
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import torch
 
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME, CheckpointError, load_model_weights
 from lm_experiments_tools.errors import BadInputError
+from lm_experiments_tools.run_config import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,18 @@ def registered_class(name: str, source: str):
                 return cls
     raise BadInputError(f"{source} {name!r} is not a registered class: expected a modeling_rmt wrapper or a "
                         "transformers model class as module:Class (a file never chooses code to import)")
+
+
+def is_model_folder(path) -> bool:
+    """Whether `path` is meant as a model folder (babilong.export): its config.json has a model_type, where a run
+    folder's has args."""
+    config_file = Path(path) / CONFIG_FILE
+    if not config_file.is_file():
+        return False
+    try:
+        return "model_type" in json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        return False
 
 
 def load_run_weights(model: torch.nn.Module, run_dir) -> Path:

@@ -2,6 +2,7 @@
 place; an experiment family derives its own options from `RunArgs` and adds its checks in `RunArgs.check`."""
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from lm_experiments_tools.runs import parse_dataclasses
 from lm_experiments_tools.trainer_args import TrainerArgs
 from modeling_rmt.associative import MEMORY_TYPES
 
+from .checkpoints import is_model_folder
 from .memory_options import FULL_BPTT, parameter_groups
 
 # settings a --resume may change (docs/design.md, "Training, checkpoints and resume"): how long to train, how often to
@@ -29,6 +31,8 @@ RESUME_MAY_CHANGE = frozenset({"iters", "log_interval", "valid_interval", "save_
 class RunArgs:
     """Options every RMT experiment has; an experiment family derives its own options from this class."""
 
+    accepts_model_folders: ClassVar[bool] = False  # --model_cpt may also be a model folder of babilong.export
+
     from_pretrained: str | None = help_field(None, "Hub name or folder of the pretrained backbone")
     model_cfg: str | None = help_field(None, "Backbone config (.json file or folder) initialised from scratch")
     tokenizer: str | None = help_field(None, "Tokenizer name or folder; None: from_pretrained's, else the "
@@ -38,7 +42,8 @@ class RunArgs:
         None, f"Run folder (written with --save_best) whose {BEST_CHECKPOINT_NAME} gives the initial weights, and "
               "only the weights: training starts anew (step 0, fresh optimizer); used to chain curriculum stages "
               "and by --validate_only. To continue a run with its optimizer, schedule and step count, give its "
-              "checkpoint file to --init_checkpoint instead")
+              "checkpoint file to --init_checkpoint instead. BABILong runs also take a model folder written by "
+              "python -m babilong.export")
     optimizer: str = help_field("AdamW", "torch.optim or transformers optimizer, or module:Class")
     weight_decay: float = help_field(0.0, "Optimizer weight decay")
     validate_only: bool = help_field(False, "Evaluate model_cpt, no training")
@@ -94,9 +99,11 @@ def check_args(args: RunArgs, trainer_args: TrainerArgs) -> None:
         raise BadInputError("--validate_only needs --model_cpt: expected the run folder to evaluate")
     if trainer_args.save_best and trainer_args.model_path is None:
         raise BadInputError("--save_best needs --model_path: expected a run folder")
-    if args.model_cpt and not (Path(args.model_cpt) / BEST_CHECKPOINT_NAME).is_file():
+    model_folder = args.accepts_model_folders and is_model_folder(args.model_cpt or "")
+    if args.model_cpt and not model_folder and not (Path(args.model_cpt) / BEST_CHECKPOINT_NAME).is_file():
+        also = " or a model folder written by python -m babilong.export" if args.accepts_model_folders else ""
         raise BadInputError(f"--model_cpt {args.model_cpt!r} has no {BEST_CHECKPOINT_NAME}: expected a run folder "
-                            "written with --save_best")
+                            f"written with --save_best{also}")
     args.check(trainer_args)
 
 

@@ -197,6 +197,38 @@ def test_the_exported_model_answers_as_the_run_folder_does(exported):
     assert from_folder.labels == from_run.labels
 
 
+def test_model_cpt_takes_a_model_folder_as_it_takes_the_run_folder(exported, tmp_path):
+    from babilong import experiment as run_babilong
+    run_dir, out = exported
+    trained = json.loads((run_dir / CONFIG_FILE).read_text())["args"]
+
+    def validate(model_cpt, results):
+        run_babilong.main(["--task", "qa1", "--babi_path", trained["babi_path"], "--model_type", trained["model_type"],
+                           "--model_cfg", trained["model_cfg"], "--input_size", str(INPUT_SIZE), "--num_mem_tokens",
+                           str(NUM_MEM_TOKENS), "--max_n_segments", "6", "--num_valid_samples", "4", "--batch_size",
+                           "2", "--validate_only", "--model_cpt", str(model_cpt), "--model_path", str(results)])
+        (record,) = read_results(results / RESULTS_FILE)
+        return record
+
+    from_run, from_folder = validate(run_dir, tmp_path / "from_run"), validate(out, tmp_path / "from_folder")
+    assert from_folder["accuracy"] == from_run["accuracy"] and from_folder["n_samples"] == from_run["n_samples"] == 4
+    assert from_folder["trained_n_segments"] == from_run["trained_n_segments"] == 5
+
+
+def test_model_cpt_refuses_a_model_folder_of_another_memory(exported, tmp_path, capsys):
+    from babilong import experiment as run_babilong
+    run_dir, out = exported
+    trained = json.loads((run_dir / CONFIG_FILE).read_text())["args"]
+    with pytest.raises(SystemExit) as exited:
+        run_babilong.main(["--task", "qa1", "--babi_path", trained["babi_path"], "--model_type", trained["model_type"],
+                           "--model_cfg", trained["model_cfg"], "--input_size", str(INPUT_SIZE), "--num_mem_tokens",
+                           str(NUM_MEM_TOKENS + 1), "--validate_only", "--model_cpt", str(out),
+                           "--model_path", str(tmp_path / "eval")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(err) == 1
+    assert f"was trained with num_mem_tokens={NUM_MEM_TOKENS}" in err[0]
+
+
 def story(babi_path: Path, n_background: int) -> tuple:
     """(context, question) of a generated qa1 story hidden in background sentences."""
     sample = get_task("qa1", str(babi_path)).draw(np.random.default_rng(0), 3, "valid")
