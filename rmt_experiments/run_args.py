@@ -99,7 +99,7 @@ def check_args(args: RunArgs, trainer_args: TrainerArgs) -> None:
         raise BadInputError("--validate_only needs --model_cpt: expected the run folder to evaluate")
     if trainer_args.save_best and trainer_args.model_path is None:
         raise BadInputError("--save_best needs --model_path: expected a run folder")
-    model_folder = args.accepts_model_folders and is_model_folder(args.model_cpt or "")
+    model_folder = bool(args.model_cpt) and args.accepts_model_folders and is_model_folder(args.model_cpt)
     if args.model_cpt and not model_folder and not (Path(args.model_cpt) / BEST_CHECKPOINT_NAME).is_file():
         also = " or a model folder written by python -m babilong.export" if args.accepts_model_folders else ""
         raise BadInputError(f"--model_cpt {args.model_cpt!r} has no {BEST_CHECKPOINT_NAME}: expected a run folder "
