@@ -9,15 +9,18 @@ import dataclasses
 import functools
 import gc
 import importlib
+import logging
 import os
 import sys
 import weakref
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
 
 _distributed_context = None  # set once by init_distributed()
 _group_holders = weakref.WeakSet()  # objects that release their hold on the process group before a normal teardown
+_threads_left_behind = False  # a failure tore a multi-process group down without joining its worker threads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +41,8 @@ def init_distributed() -> DistributedContext:
     """Set up the process group when launched by torchrun or `accelerate launch`; `python script.py` gets one process.
 
     Idempotent: later calls return the first call's result. NCCL on CUDA, gloo on CPU. The group is destroyed at
-    exit (normal end, SystemExit, uncaught exception) unless `destroy_distributed` was called before.
+    exit (normal end, SystemExit, uncaught exception) unless `destroy_distributed` was called before; after an
+    uncaught exception the process ends as `exit_after_failure` ends it.
 
     Returns:
         DistributedContext with rank, local_rank, world_size and device.
@@ -98,8 +102,9 @@ def destroy_distributed(failed: bool = False) -> None:
             wrapper is forgotten, not freed), because joining a worker thread would wait for a collective that the
             other processes may never join; NCCL groups are aborted for the same reason.
     """
-    global _distributed_context
+    global _distributed_context, _threads_left_behind
     if dist.is_available() and dist.is_initialized():
+        _threads_left_behind = _threads_left_behind or (failed and dist.get_world_size() > 1)
         if not failed:
             _release_process_group()
             dist.barrier()
@@ -118,9 +123,32 @@ def _release_process_group() -> None:
     gc.collect()  # wrappers of finished runs that sit in reference cycles
 
 
+def exit_after_failure(code: int) -> NoReturn:
+    """End this process with exit code `code` after a failure, its process group torn down as a failure.
+
+    A process of a multi-process run ends at once (os._exit) once logs and standard streams are flushed: the worker
+    threads of its process group could not be joined (see `destroy_distributed`), and a worker thread that is still
+    finishing a collective while the interpreter shuts down aborts the process ("terminate called without an active
+    exception", exit code -6 instead of `code`). Exit handlers registered before the process group was set up do
+    not run on that path. A single process raises SystemExit(code).
+    """
+    destroy_distributed(failed=True)
+    if _threads_left_behind:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _destroy_distributed_at_exit() -> None:
     # the interpreter records an uncaught exception in sys.last_value before it runs the exit handlers
-    destroy_distributed(failed=getattr(sys, "last_value", None) is not None)
+    error = getattr(sys, "last_value", None)
+    if error is None:
+        destroy_distributed()
+    else:
+        # what the interpreter would have exited with: 130 after Ctrl-C, 1 after any other exception
+        exit_after_failure(130 if isinstance(error, KeyboardInterrupt) else 1)
 
 
 def get_distributed_rank() -> int:

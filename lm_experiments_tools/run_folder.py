@@ -41,7 +41,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from .checkpoint import CheckpointError, find_latest_checkpoint
-from .distributed import destroy_distributed
+from .distributed import exit_after_failure
 from .errors import BAD_INPUT_EXIT_CODE, RUN_FAILURE_EXIT_CODE, BadInputError
 from .run_config import CONFIG_FILE, GIT_DIFF_FILE
 
@@ -324,5 +324,4 @@ def exit_with_one_line(run_folder: Callable[[], str | None] | str | None = None,
         logging.shutdown()  # flush log handlers, so that nothing is printed after the error line
         print(f"{_process_label()}error: {describe_failure(error, folder)}{where}", file=sys.stderr, flush=True)
         # the other processes may never reach the exit barrier of a normal ending: tear down as a failure now
-        destroy_distributed(failed=True)
-        sys.exit(code)
+        exit_after_failure(code)

@@ -261,15 +261,19 @@ class Trainer:
         self.ddp_model.train()
         self._interval = _IntervalStats()
         progress = tqdm(total=self.args.iters, initial=self.n_iter, desc="train", disable=not self.is_main)
-        with _deferred_stop_signals() as received_signals, progress:
-            while self.n_iter < self.args.iters:
-                stop_requested = self._train_step(received_signals)
-                progress.update(1)
-                early_stop = self._after_step()
-                if stop_requested:
-                    self._save_and_exit(received_signals)
-                if early_stop:
-                    break
+        try:
+            with _deferred_stop_signals() as received_signals, progress:
+                while self.n_iter < self.args.iters:
+                    stop_requested = self._train_step(received_signals)
+                    progress.update(1)
+                    early_stop = self._after_step()
+                    if stop_requested:
+                        self._save_and_exit(received_signals)
+                    if early_stop:
+                        break
+        finally:
+            if self._tb is not None:
+                self._tb.flush()  # a failed run keeps its curves: its process may end without shutting down
         self._finish()
         return self.best_metrics if self.best_metrics is not None else self.last_train_metrics
 

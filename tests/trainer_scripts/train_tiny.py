@@ -40,8 +40,8 @@ class ScriptArgs:
     fail_at_batch: int = field(
         default=0, metadata={"help": "The last rank raises on the n-th batch it prepares, training or validation (>0). "
                                      "The other ranks then ignore SIGTERM outside training: torchrun sends it when "
-                                     "the last rank fails, and it would cut their exit handlers short, which "
-                                     "exit_report is there to check"})
+                                     "the last rank fails, and it would end them before they end the way a "
+                                     "failure ends them"})
 
 
 def report_at_exit(path_prefix: str) -> None:
