@@ -2,6 +2,7 @@
 and a random GPT-2 decoder over the offline MiniLM vocabulary), the variations that some tests need, named here,
 and fixtures that write them as config files."""
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,16 @@ def tiny_bert(tmp_path_factory) -> str:
 def large_init_bert(tmp_path_factory) -> str:
     """A `--model_cfg` file of LARGE_INIT_BERT."""
     return write_config(tmp_path_factory.mktemp("configs"), LARGE_INIT_BERT)
+
+
+def run_in_process(main, argv: list, capsys) -> subprocess.CompletedProcess:
+    """A command's `main(argv)` run in this test's process, as the CompletedProcess of the command (exit code,
+    stdout, stderr); a fresh interpreter costs seconds per case."""
+    capsys.readouterr()  # what the test printed before is not the command's
+    try:
+        main([str(arg) for arg in argv])
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code if isinstance(exit_info.code, int) else 0 if exit_info.code is None else 1
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, captured.out, captured.err)

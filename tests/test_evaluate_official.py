@@ -10,7 +10,7 @@ import pytest
 from babilong import evaluate_official as official
 from babilong import experiment as babilong_experiment
 from babilong import generate_babi
-from conftest import TINY_BERT, TINY_GPT2
+from conftest import TINY_BERT, TINY_GPT2, run_in_process
 from lm_experiments_tools.errors import BadInputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -171,14 +171,12 @@ def test_cli_evaluates_a_run_folder(tmp_path, model_type, memory_type):
     (["--lengths", "0k,5k"], "length '5k': "),
     (["--model_cpt", "/no/such/run"], "/no/such/run"),
 ])
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, argv, message):
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, argv, message, capsys):
     dataset = make_dataset(tmp_path / "babilong", lengths=("0k",))
     base = {"--model_cpt": str(tmp_path), "--dataset": dataset, "--lengths": "0k", "--tasks": "qa1",
             "--out": str(tmp_path / "out")}
     base.update(dict(zip(argv[::2], argv[1::2])))
-    result = subprocess.run([sys.executable, "-m", "babilong.evaluate_official",
-                             *[x for pair in base.items() for x in pair]], capture_output=True, text=True,
-                            cwd=REPO_ROOT)
+    result = run_in_process(official.main, [x for pair in base.items() for x in pair], capsys)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
@@ -240,10 +238,9 @@ def official_layout(folder: Path, columns: dict) -> str:
     ({"input": ["Facts.", None], "question": ["Where is Mary?"] * 2, "target": ["kitchen"] * 2},
      "0k qa1 row 1: input is None: expected text"),
 ])
-def test_a_split_without_rows_or_with_a_none_input_is_one_line_and_exit_2(tmp_path, columns, message):
+def test_a_split_without_rows_or_with_a_none_input_is_one_line_and_exit_2(tmp_path, columns, message, capsys):
     dataset = official_layout(tmp_path / "babilong", columns)
-    result = subprocess.run([sys.executable, "-m", "babilong.evaluate_official", "--model_cpt", str(tmp_path),
-                             "--dataset", dataset, "--tasks", "qa1", "--out", str(tmp_path / "out")],
-                            capture_output=True, text=True, cwd=REPO_ROOT)
+    result = run_in_process(official.main, ["--model_cpt", tmp_path, "--dataset", dataset, "--tasks", "qa1",
+                                            "--out", tmp_path / "out"], capsys)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and f"error: {dataset} {message}" in lines[0], result.stderr

@@ -4,12 +4,11 @@ The generated answers are re-derived here by an independent reading of the story
 the sentences that tracks where actors and objects are, which relations hold and who gave what to whom.
 """
 import re
-import subprocess
-import sys
 
 import pytest
 
 from babilong import generate_babi, get_task, parse_babi_file
+from conftest import run_in_process
 from lm_experiments_tools.errors import BadInputError
 
 N_QUESTIONS = 300  # per task and split: a few hundred stories' worth of questions for every check
@@ -163,11 +162,13 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path):
     assert first["qa1_single-supporting-fact_train.txt"] != first["qa1_single-supporting-fact_test.txt"]
 
 
-def generate_cli(*argv) -> tuple:
-    """(exit code, stderr lines) of the command line."""
-    result = subprocess.run([sys.executable, "-m", "babilong.generate_babi", *map(str, argv)], capture_output=True,
-                            text=True)
-    return result.returncode, result.stderr.strip().splitlines()
+@pytest.fixture
+def generate_cli(capsys):
+    """(exit code, stderr lines) of `python -m babilong.generate_babi ARGV`, run in this process."""
+    def run(*argv) -> tuple:
+        result = run_in_process(generate_babi.main, list(argv), capsys)
+        return result.returncode, result.stderr.strip().splitlines()
+    return run
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -178,21 +179,21 @@ def generate_cli(*argv) -> tuple:
     (["--n_train", "1000000000"], "--n_train 1000000000: expected a number of questions from 1 to 10,000,000"),
     (["--seed", "-1"], "--seed -1: expected an integer >= 0"),
 ])
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, argv, message):
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, argv, message, generate_cli):
     code, lines = generate_cli("--out", tmp_path, *argv)
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert not list(tmp_path.iterdir())
 
 
-def test_out_naming_a_file_is_one_line_and_exit_2(tmp_path):
+def test_out_naming_a_file_is_one_line_and_exit_2(tmp_path, generate_cli):
     (tmp_path / "file").write_text("mine")
     code, lines = generate_cli("--out", tmp_path / "file", "--tasks", "qa1", "--n_train", "5", "--n_test", "5")
     assert code == 2 and len(lines) == 1 and f"{tmp_path / 'file'} is a file: expected a folder" in lines[0]
     assert (tmp_path / "file").read_text() == "mine"
 
 
-def test_a_second_run_into_the_same_out_needs_overwrite(tmp_path):
+def test_a_second_run_into_the_same_out_needs_overwrite(tmp_path, generate_cli):
     argv = ["--out", tmp_path, "--tasks", "qa1", "--n_train", "5", "--n_test", "5"]
     assert generate_cli(*argv, "--seed", "1")[0] == 0
     first = {p: p.read_bytes() for p in tmp_path.rglob("*.txt")}

@@ -19,11 +19,12 @@ import modeling_rmt
 from babilong import evaluate_official as official
 from babilong import export, generate_babi, plot
 from babilong.answer import answer as answer_question
+from babilong.answer import main as answer_main
 from babilong.evaluate_official import prompt_ids
 from babilong.model_folder import load_model_folder
 from babilong.results import RESULTS_FILE, read_results
 from babilong.tasks import get_task
-from conftest import TINY_BERT, TINY_GPT2
+from conftest import TINY_BERT, TINY_GPT2, run_in_process
 from lm_experiments_tools.run_config import CONFIG_FILE
 from rmt_experiments.offline_model import load_tokenizer
 
@@ -339,16 +340,32 @@ def one_line_exit_2(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize("case, message", BAD_FOLDERS)
-def test_answer_refuses_a_bad_model_folder_without_importing_from_it(exported, tmp_path, case, message):
+def test_answer_refuses_a_bad_model_folder_without_importing_from_it(exported, tmp_path, case, message, capsys,
+                                                                     monkeypatch):
     _, out = exported
     folder = bad_folder(out, tmp_path, case)
+    marker = tmp_path / "imported.txt"
+    booby_trapped(folder, marker)
+    (tmp_path / "story.txt").write_text("Mary went to the kitchen.")
+    monkeypatch.chdir(tmp_path)  # as `python -m` from there: the folder's parent is importable
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(folder))
+    result = run_in_process(answer_main, [folder, "--context", tmp_path / "story.txt", "--question", "Where is Mary?"], capsys)
+    assert message in one_line_exit_2(result)
+    assert not marker.exists()
+    assert not {"evil", "modeling_evil", "configuration_evil"} & set(sys.modules)
+
+
+def test_the_answer_command_refuses_a_folder_that_would_import_its_own_code(exported, tmp_path):
+    _, out = exported
+    folder = bad_folder(out, tmp_path, "auto_map")
     marker = tmp_path / "imported.txt"
     booby_trapped(folder, marker)
     (tmp_path / "story.txt").write_text("Mary went to the kitchen.")
     result = subprocess.run([sys.executable, "-m", "babilong.answer", str(folder), "--context",
                              str(tmp_path / "story.txt"), "--question", "Where is Mary?"], env=OFFLINE_ENV,
                             capture_output=True, text=True, cwd=tmp_path)
-    assert message in one_line_exit_2(result)
+    assert "config has auto_map" in one_line_exit_2(result)
     assert not marker.exists()
 
 
@@ -370,12 +387,10 @@ def test_evaluate_official_refuses_a_bad_model_folder(exported, tmp_path):
     (b"\xff\xfe\x00\x01binary", "is not UTF-8 text"),
     (b"text with a \x00 NUL byte", "holds NUL bytes"),
 ])
-def test_answer_refuses_a_context_that_is_not_text(exported, tmp_path, content, message):
+def test_answer_refuses_a_context_that_is_not_text(exported, tmp_path, content, message, capsys):
     _, out = exported
     (tmp_path / "context.bin").write_bytes(content)
-    result = subprocess.run([sys.executable, "-m", "babilong.answer", str(out), "--context",
-                             str(tmp_path / "context.bin"), "--question", "Where is Mary?"], env=OFFLINE_ENV,
-                            capture_output=True, text=True, cwd=REPO_ROOT)
+    result = run_in_process(answer_main, [out, "--context", tmp_path / "context.bin", "--question", "Where is Mary?"], capsys)
     assert message in one_line_exit_2(result)
 
 
