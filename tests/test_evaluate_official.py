@@ -143,13 +143,12 @@ def train_tiny_run(tmp_path: Path, model_type: str, memory_type: str = "tokens")
 
 @pytest.mark.parametrize("memory_type", ["tokens", "associative"])
 @pytest.mark.parametrize("model_type", ["encoder", "decoder"])
-def test_cli_evaluates_a_run_folder(tmp_path, model_type, memory_type):
+def test_cli_evaluates_a_run_folder(tmp_path, model_type, memory_type, capsys):
     run_dir = train_tiny_run(tmp_path, model_type, memory_type)
     dataset = make_dataset(tmp_path / "babilong", lengths=("0k", "4k"))
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "babilong.evaluate_official", "--model_cpt", str(run_dir),
-                             "--dataset", dataset, "--lengths", "0k,4k", "--tasks", "qa1,qa5", "--out", str(out)],
-                            capture_output=True, text=True, cwd=REPO_ROOT)
+    result = run_in_process(official.main, ["--model_cpt", run_dir, "--dataset", dataset, "--lengths", "0k,4k",
+                                            "--tasks", "qa1,qa5", "--out", out], capsys)
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     for task in ("qa1", "qa5"):

@@ -394,8 +394,7 @@ def test_answer_refuses_a_context_that_is_not_text(exported, tmp_path, content, 
     assert message in one_line_exit_2(result)
 
 
-def test_export_refuses_a_folder_that_is_not_a_run(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "babilong.export", str(tmp_path), "--out", str(tmp_path / "out")],
-                            env=OFFLINE_ENV, capture_output=True, text=True, cwd=REPO_ROOT)
+def test_export_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    result = run_in_process(export.main, [tmp_path, "--out", tmp_path / "out"], capsys)
     assert "expected a run folder with config.json and model_best.pth" in one_line_exit_2(result)
     assert not (tmp_path / "out").exists()
