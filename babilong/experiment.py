@@ -25,9 +25,9 @@ from lm_experiments_tools.run_folder import (check_resumed_settings, evaluation_
 from lm_experiments_tools.runs import (build_backbone, eval_batches, exit_on_bad_input, exit_on_failure, load_config,
                                        make_trainer, run_values, start_run, train_batches, write_run_config)
 from modeling_rmt.decoder import memory_positions
+from modeling_rmt.memory_config import bptt_depth_from_segments
 from rmt_experiments.checkpoints import is_model_folder, load_run_weights
-from rmt_experiments.memory_options import (bptt_depth_from_segments, memory_type_options,
-                                            segment_checkpointing_option)
+from rmt_experiments.memory_options import memory_type_options, segment_checkpointing_option
 from rmt_experiments.offline_model import eos_token_id, load_tokenizer, offline_model_path, small_gpt2_config
 from rmt_experiments.run_args import build_optimizer, parse_args
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.flags import help_field, parse_positive_ints
 from lm_experiments_tools.run_config import CONFIG_FILE
-from rmt_experiments.memory_options import bptt_segments_from_depth
+from modeling_rmt.memory_config import bptt_segments_from_depth
 from rmt_experiments.run_args import RESUME_MAY_CHANGE, RunArgs
 
 from .dataset import MODEL_TYPES
@@ -73,7 +73,10 @@ class BabilongArgs(RunArgs):
 
     @property
     def bptt_segments(self) -> int:
-        return bptt_segments_from_depth(self.bptt_depth)
+        try:
+            return bptt_segments_from_depth(self.bptt_depth)
+        except ValueError as error:  # the wrappers' own check, worded for the command line
+            raise BadInputError(f"--bptt_depth {self.bptt_depth}: expected -1 (full BPTT) or an integer >= 0") from error
 
     def segment_counts(self, option: str) -> list:
         """The segment counts of option 'curriculum' or 'eval_n_segments' as ints ([] when unset)."""
@@ -98,8 +101,6 @@ class BabilongArgs(RunArgs):
         for name in ("num_mem_tokens", "show_valid_examples"):
             if getattr(self, name) < 0:
                 raise BadInputError(f"--{name} {getattr(self, name)}: expected an integer >= 0")
-        if self.bptt_depth < -1:
-            raise BadInputError(f"--bptt_depth {self.bptt_depth}: expected -1 (full BPTT) or an integer >= 0")
         self._check_stages(trainer_args.model_path)
         if self.model_cpt:
             check_checkpoint_config(self)

@@ -3,19 +3,13 @@ checkpointing, and the optimizer groups of the associative memory.
 
 Truncated BPTT is counted in segments inside the code (`RunArgs.bptt_segments`: gradients flow through the
 last that many segments, `FULL_BPTT` for all); the user-facing flags keep their names (`--k2` counts segments,
-`--bptt_depth` counts memory transitions, one fewer) and are converted once, by `bptt_segments_from_depth`.
+`--bptt_depth` counts memory transitions, one fewer) and are converted by modeling_rmt.memory_config's
+`bptt_segments_from_depth`, the wrappers' own.
 """
 import torch
 
 from lm_experiments_tools.malloc import tune_malloc_for_segment_checkpointing
 from modeling_rmt.associative import associative_parameters
-
-FULL_BPTT = -1  # gradients flow through every segment
-
-
-def bptt_segments_from_depth(bptt_depth: int) -> int:
-    """Segments gradients flow through for `bptt_depth` memory transitions (-1: all): one more than transitions."""
-    return FULL_BPTT if bptt_depth == FULL_BPTT else bptt_depth + 1
 
 
 def segment_checkpointing_option(args) -> dict:
@@ -34,11 +28,6 @@ def memory_type_options(args) -> dict:
     """Wrapper (encoder) or memory cell (decoder) keywords for --memory_type and --d_mem; empty for the memory
     tokens, so custom classes need not know them."""
     return {} if args.memory_type == "tokens" else {"memory_type": args.memory_type, "d_mem": args.d_mem}
-
-
-def bptt_depth_from_segments(bptt_segments: int) -> int:
-    """Memory transitions gradients flow through when they flow through `bptt_segments` segments (-1: all)."""
-    return FULL_BPTT if bptt_segments == FULL_BPTT else bptt_segments - 1
 
 
 def parameter_groups(model: torch.nn.Module, memory_lr_scale: float) -> list:

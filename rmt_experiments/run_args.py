@@ -14,9 +14,10 @@ from lm_experiments_tools.optimizers import get_optimizer
 from lm_experiments_tools.runs import parse_dataclasses
 from lm_experiments_tools.trainer_args import TrainerArgs
 from modeling_rmt.associative import MEMORY_TYPES
+from modeling_rmt.memory_config import FULL_BPTT
 
 from .checkpoints import is_model_folder
-from .memory_options import FULL_BPTT, parameter_groups
+from .memory_options import parameter_groups
 
 # settings a --resume may change (docs/design.md, "Training, checkpoints and resume"): how long to train, how often to
 # log, validate and save, how data is loaded, how memory is saved (segment checkpointing: the same gradients), which

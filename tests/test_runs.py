@@ -11,7 +11,6 @@ from lm_experiments_tools import TrainerArgs
 from lm_experiments_tools.distributed import DistributedContext
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.runs import exit_on_bad_input, process_shard
-from rmt_experiments.memory_options import FULL_BPTT, bptt_depth_from_segments, bptt_segments_from_depth
 
 
 @pytest.mark.parametrize("n_samples", [0, 1, 5, 7, 8])
@@ -23,10 +22,9 @@ def test_process_shards_cover_every_sample_once_in_order(n_samples, world_size):
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
-@pytest.mark.parametrize("bptt_depth, bptt_segments", [(-1, FULL_BPTT), (0, 1), (3, 4)])
+@pytest.mark.parametrize("bptt_depth, bptt_segments", [(-1, -1), (0, 1), (3, 4)])
 def test_bptt_depth_counts_one_transition_fewer_than_segments(bptt_depth, bptt_segments):
-    assert bptt_segments_from_depth(bptt_depth) == bptt_segments
-    assert bptt_depth_from_segments(bptt_segments) == bptt_depth
+    """The two scripts' flags mean the same segments (the conversion itself: test_memory_config)."""
     assert BabilongArgs(bptt_depth=bptt_depth).bptt_segments == ArxivArgs(k2=bptt_segments).bptt_segments
 
 
