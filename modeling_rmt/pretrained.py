@@ -32,7 +32,7 @@ ENCODER_MODEL_TYPE = "rmt_encoder"
 DECODER_MODEL_TYPE = "rmt_decoder"
 MODEL_TYPES = (ENCODER_MODEL_TYPE, DECODER_MODEL_TYPE)
 # the memory configuration as configs before the nested `memory_config` held it, top-level, with their defaults;
-# still written beside `memory_config` for readers of config.json, and read from folders saved before it
+# read from folders saved before it
 FLAT_MEMORY_DEFAULTS = {"num_mem_tokens": 10, "memory_type": "tokens", "d_mem": 64, "input_size": 512,
                         "max_n_segments": 1, "segment_alignment": "right", "bptt_segments": FULL_BPTT}
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -72,18 +72,17 @@ class RMTConfig(PreTrainedConfig):
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def to_dict(self):
-        """The config as a JSON-ready dict: `memory_config` nested, and its values also top-level."""
+        """The config as a JSON-ready dict, `memory_config` nested (its one place in config.json)."""
         values = super().to_dict()
         if isinstance(self.memory_config, MemoryConfig):
             values["memory_config"] = self.memory_config.to_dict()
-            values.update({name: values["memory_config"][name] for name in FLAT_MEMORY_DEFAULTS})
         return values
 
 
 def nested_memory_config(memory_config, flat: dict, layout: str) -> MemoryConfig:
     """The MemoryConfig of an RMT config: from `memory_config` (a MemoryConfig or its dict), else from the flat
     values of a folder saved before the nested dict (defaults for the missing ones). Flat values beside a nested
-    dict (written by `RMTConfig.to_dict`) must agree with it."""
+    dict (folders saved while both were written) must agree with it."""
     if memory_config is None:
         return MemoryConfig(layout=layout, **{**FLAT_MEMORY_DEFAULTS, **flat})
     if isinstance(memory_config, dict):

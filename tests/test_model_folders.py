@@ -24,6 +24,7 @@ from babilong.evaluate_official import prompt_ids
 from babilong.model_folder import load_model_folder
 from babilong.results import RESULTS_FILE, read_results
 from babilong.tasks import get_task
+from modeling_rmt.pretrained import FLAT_MEMORY_DEFAULTS
 from conftest import TINY_BERT, TINY_GPT2, run_in_process
 from lm_experiments_tools.run_config import CONFIG_FILE
 from rmt_experiments.offline_model import load_tokenizer
@@ -97,10 +98,12 @@ def test_a_saved_model_gives_the_same_logits_in_a_fresh_process(tmp_path, tokeni
     assert reloaded["class"] == type(model).__name__ and reloaded["tokenizer"] == type(tokenizer).__name__
     assert torch.equal(reloaded["logits"], expected)
     config = json.loads((tmp_path / "model" / CONFIG_FILE).read_text())
-    assert (config["num_mem_tokens"], config["memory_type"], config["input_size"]) == (
+    memory = config["memory_config"]
+    assert (memory["num_mem_tokens"], memory["memory_type"], memory["input_size"]) == (
         NUM_MEM_TOKENS, memory_type, INPUT_SIZE)
+    assert not set(FLAT_MEMORY_DEFAULTS) & set(config)  # one place for the memory configuration
     if memory_type == "associative":
-        assert config["d_mem"] == D_MEM
+        assert memory["d_mem"] == D_MEM
     assert config["backbone_model_config"]["model_type"] == ("bert" if kind == "encoder" else "gpt2")
     assert config["task_labels"] == LABELS and "auto_map" not in config
 

@@ -98,7 +98,7 @@ def test_the_long_stage_is_exported_as_a_model_folder(main_job):
     (long_dir,) = main_job.glob("memorize/*/*_seg3_*/run_1")
     model_dir = main_job / "model"
     config = json.loads((model_dir / CONFIG_FILE).read_text())
-    assert config["model_type"] == "rmt_encoder" and config["max_n_segments"] == 3
+    assert config["model_type"] == "rmt_encoder" and config["memory_config"]["max_n_segments"] == 3
     assert (model_dir / "model.safetensors").is_file() and (model_dir / "tokenizer_config.json").is_file()
     from safetensors.torch import load_file
     saved = load_file(model_dir / "model.safetensors")
