@@ -142,6 +142,8 @@ def exit_after_failure(code: int) -> NoReturn:
 
 
 def _destroy_distributed_at_exit() -> None:
+    if not (dist.is_available() and dist.is_initialized()):
+        return  # torn down before the exit, normally or by exit_after_failure
     # the interpreter records an uncaught exception in sys.last_value before it runs the exit handlers
     error = getattr(sys, "last_value", None)
     if error is None:
