@@ -13,11 +13,11 @@ import inspect
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.modeling_outputs import CausalLMOutput
 
 from modeling_rmt.associative import AssociativeMemory
 from modeling_rmt.memory_config import (MemoryConfig, UsesMemoryConfig, memory_config_or_keywords,
                                         memory_positions)  # noqa: F401 (memory_positions: imported from here too)
+from modeling_rmt.outputs import SegmentedCausalLMOutput
 from modeling_rmt.segments import (
     call_segment,
     check_per_segment_outputs,
@@ -248,8 +248,8 @@ class RecurrentWrapper(UsesMemoryConfig, nn.Module):
                 labels, memory then no longer grows with the vocabulary size times the sequence length.
 
         Returns:
-            CausalLMOutput with `logits` (B, T, V) (None if not `return_logits`) and, with labels, `loss` (mean
-            over counted tokens, 0 if none) and `segment_losses` / `segment_token_counts` (n_segments,): the
+            SegmentedCausalLMOutput with `logits` (B, T, V) (None if not `return_logits`) and, with labels, `loss`
+            (mean over counted tokens, 0 if none) and `segment_losses` / `segment_token_counts` (n_segments,): the
             detached mean loss and the number of counted next-token predictions made by each segment's logits (NaN
             loss where a segment has none).
         """
@@ -268,15 +268,11 @@ class RecurrentWrapper(UsesMemoryConfig, nn.Module):
             if output_hidden_states:
                 per_segment[f"hidden_states_{index}"] = output.hidden_states
         logits = torch.cat(logits, dim=1) if return_logits else None  # (B, T, V)
-        if labels is None:
-            result = CausalLMOutput(logits=logits)
-        else:
+        loss = None
+        if labels is not None:
             loss, per_segment["segment_losses"], per_segment["segment_token_counts"] = self._loss(
                 loss_sums, targets, spans)
-            result = CausalLMOutput(loss=loss, logits=logits)
-        for key, value in per_segment.items():
-            result[key] = value
-        return result
+        return SegmentedCausalLMOutput(loss=loss, logits=logits, **per_segment)
 
     def generate(self, input_ids, attention_mask=None, **generate_kwargs):
         """Read all but the last segment into memory, then generate from the last one.

@@ -10,11 +10,11 @@ embeddings in every segment, and what they write goes into every layer's associa
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from modeling_rmt.associative import AssociativeMemory
 from modeling_rmt.memory_config import (MemoryConfig, UsesMemoryConfig, bptt_segments_from_depth,
                                         memory_config_or_keywords)
+from modeling_rmt.outputs import SegmentedClassifierOutput
 from modeling_rmt.segments import (
     call_segment,
     check_per_segment_outputs,
@@ -158,7 +158,7 @@ class RMTEncoderForSequenceClassification(UsesMemoryConfig, nn.Module):
             show_progress: show a progress bar over segments.
 
         Returns:
-            SequenceClassifierOutput with `logits` (B, C) and `loss` of the last segment (the mean over segments
+            SegmentedClassifierOutput with `logits` (B, C) and `loss` of the last segment (the mean over segments
             with `sum_loss`), plus `loss_{i}` for each segment slot i; slots are aligned at the end of the batch,
             so slot i of a sample with fewer segments may be empty, and then it does not contribute to `loss_{i}`.
         """
@@ -189,11 +189,9 @@ class RMTEncoderForSequenceClassification(UsesMemoryConfig, nn.Module):
                 # with no graph to keep, a float: one small tensor kept per segment fragments the CPU heap
                 segment_losses.append(output.loss if torch.is_grad_enabled() else output.loss.item())
         loss, losses = self._combine_losses(segment_losses, output.logits.device)
-        result = SequenceClassifierOutput(loss=loss, logits=output.logits)  # every sample is in the last slot
-        for slot, value in enumerate(losses):
-            result[f"loss_{slot}"] = value
-        for key, value in per_segment.items():
-            result[key] = value
+        result = SegmentedClassifierOutput(loss=loss, logits=output.logits,  # every sample is in the last slot
+                                           **{f"loss_{slot}": value for slot, value in enumerate(losses)},
+                                           **per_segment)
         return result if return_dict is not False else result.to_tuple()
 
     @property

@@ -2,6 +2,10 @@
 training, records, --validate_only, --model_cpt, --resume, the memory trace, bad input."""
 import json
 import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from lm_experiments_tools.run_config import CONFIG_FILE
 from test_arxiv_run import tiny_run_inputs
 from test_launchers import SCRIPTS, option_values, run_launcher, stubs  # noqa: F401 (stubs is a fixture)
 from test_run_babilong import run_main
+from test_trainer_distributed import launcher_env
 
 INPUT_SIZE, NUM_MEM_TOKENS, D_MEM = 32, 2, 4
 ASSOCIATIVE = ["--memory_type", "associative", "--d_mem", str(D_MEM)]
@@ -93,6 +98,23 @@ def test_resume_of_a_killed_associative_run_equals_the_run_uninterrupted(configs
     assert any(name.startswith("associative.") for name in resumed)
     for name, value in uninterrupted.items():
         assert torch.equal(resumed[name], value), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type, n_segments", [("encoder", 1), ("decoder", 2)])
+def test_two_processes_train_the_associative_memory(configs, tmp_path, model_type, n_segments):
+    """Under DDP the scripts look for unused parameters (one segment: the writes get no gradient), and DDP then
+    rebuilds the wrapper's output, per-segment entries included."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    script = Path(__file__).resolve().parent.parent / "run_finetuning_babilong_rmt.py"
+    folder = tmp_path / "run"
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", str(script),
+               *babilong_args(configs[model_type], "--model_type", model_type, *ASSOCIATIVE, "--max_n_segments",
+                              str(n_segments), "--model_path", str(folder), iters=2)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=launcher_env())
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    (record,) = read_results(folder / RESULTS_FILE)
+    assert record["memory_type"] == "associative" and record["n_segments"] == n_segments
 
 
 def test_a_decoder_run_trains_with_write_only_memory_positions(configs, tmp_path):
