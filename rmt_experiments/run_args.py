@@ -17,7 +17,7 @@ from modeling_rmt.associative import MEMORY_TYPES
 from modeling_rmt.memory_config import FULL_BPTT
 
 from .checkpoints import is_model_folder
-from .memory_options import parameter_groups
+from .memory_options import memory_config, parameter_groups
 
 # settings a --resume may change (docs/design.md, "Training, checkpoints and resume"): how long to train, how often to
 # log, validate and save, how data is loaded, how memory is saved (segment checkpointing: the same gradients), which
@@ -66,6 +66,11 @@ class RunArgs:
         """Segments that gradients flow through (FULL_BPTT: all); a script maps its BPTT flag onto this."""
         return FULL_BPTT
 
+    @property
+    def memory_layout(self) -> str:
+        """The wrapper's layout (modeling_rmt.memory_config.LAYOUTS): 'decoder' unless a script says otherwise."""
+        return "decoder"
+
     def check(self, trainer_args: TrainerArgs) -> None:
         """The checks only this script knows; raise BadInputError naming the bad value."""
 
@@ -81,21 +86,11 @@ def check_args(args: RunArgs, trainer_args: TrainerArgs) -> None:
         raise BadInputError(f"--num_valid_samples {args.num_valid_samples}: expected a positive integer")
     if args.data_n_workers < 0:
         raise BadInputError(f"--data_n_workers {args.data_n_workers}: expected an integer >= 0")
-    if args.bptt_segments != FULL_BPTT and args.bptt_segments < 1:
-        raise BadInputError(f"truncated BPTT over {args.bptt_segments} segments: expected --k2 >= 1 or "
-                            "--bptt_depth >= 0 (or -1 for full BPTT)")
-    if args.memory_type not in MEMORY_TYPES:
-        raise BadInputError(f"--memory_type {args.memory_type!r}: expected one of {', '.join(MEMORY_TYPES)}")
-    if args.d_mem < 1:
-        raise BadInputError(f"--d_mem {args.d_mem}: expected a positive integer")
     if not (math.isfinite(args.memory_lr_scale) and args.memory_lr_scale > 0):
         raise BadInputError(f"--memory_lr_scale {args.memory_lr_scale}: expected a finite number > 0")
     if args.memory_lr_scale != 1.0 and args.memory_type != "associative":
         raise BadInputError(f"--memory_lr_scale {args.memory_lr_scale} with --memory_type {args.memory_type}: "
                             "expected --memory_type associative (the memory tokens train with the backbone)")
-    if args.memory_type == "associative" and getattr(args, "num_mem_tokens", 1) < 1:
-        raise BadInputError(f"--memory_type associative with --num_mem_tokens {args.num_mem_tokens}: expected at least "
-                            "one memory token to write the memory")
     if args.validate_only and not args.model_cpt:
         raise BadInputError("--validate_only needs --model_cpt: expected the run folder to evaluate")
     if trainer_args.save_best and trainer_args.model_path is None:
@@ -106,6 +101,7 @@ def check_args(args: RunArgs, trainer_args: TrainerArgs) -> None:
         raise BadInputError(f"--model_cpt {args.model_cpt!r} has no {BEST_CHECKPOINT_NAME}: expected a run folder "
                             f"written with --save_best{also}")
     args.check(trainer_args)
+    memory_config(args, args.memory_layout)  # the memory settings, checked as the wrappers check them
 
 
 def parse_args(args_cls: type, argv=None) -> tuple:

@@ -147,16 +147,27 @@ def test_memory_lr_scale_trains_the_associative_memory_at_its_own_lr(configs, tm
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--memory_type", "assoc"], "--memory_type 'assoc': expected one of tokens, associative"),
+    (["--memory_type", "assoc"], "memory_type='assoc'; expected one of tokens, associative"),
     (["--memory_type", "associative", "--memory_lr_scale", "0"], "--memory_lr_scale 0.0: expected a finite number > 0"),
     (["--memory_lr_scale", "10"], "--memory_lr_scale 10.0 with --memory_type tokens: expected --memory_type associative"),
-    (["--memory_type", "associative", "--d_mem", "0"], "--d_mem 0: expected a positive integer"),
-    (["--memory_type", "associative", "--num_mem_tokens", "0"], "--num_mem_tokens 0: expected at least one"),
+    (["--memory_type", "associative", "--d_mem", "0"], "d_mem=0; expected an integer >= 1"),
+    (["--memory_type", "associative", "--num_mem_tokens", "0"], "num_mem_tokens=0: expected at least one"),
 ])
 def test_bad_memory_options_exit_2_before_anything_is_written(extra, message, configs, tmp_path, capsys):
     code, err = run_main(babilong_args(configs["encoder"], *extra, "--model_path", str(tmp_path / "run")), capsys)
     assert code == 2 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_backbone_the_associative_memory_cannot_take_exits_2_naming_it(tmp_path, capsys):
+    """ALBERT shares one block between its layers: there is no list of num_hidden_layers blocks to hook."""
+    albert = write_config(tmp_path, {"model_type": "albert", "hidden_size": 32, "num_hidden_layers": 2,
+                                     "num_attention_heads": 2, "intermediate_size": 64, "embedding_size": 16,
+                                     "vocab_size": TINY_BERT["vocab_size"], "max_position_embeddings": 64})
+    code, err = run_main(babilong_args(albert, *ASSOCIATIVE, "--model_path", str(tmp_path / "run")), capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "backbone AlbertForSequenceClassification cannot take an associative memory" in err[0]
+    assert "traceback" not in err[0] and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("launcher", ["babilong/finetune_babilong_rmt.sh", "arxiv/finetune_arxiv_rmt.sh"])
