@@ -41,11 +41,13 @@ QUICK_GRID = [("encoder", "inference", 1, 2), ("encoder", "training", 1, 2), ("e
               ("decoder", "training", 1, 2)]
 
 
-def memory_options(memory):
-    """(number of memory tokens, wrapper keywords) of a memory."""
-    if memory == "bare":
-        return 0, {}
-    return NUM_MEM_TOKENS, ({"memory_type": "associative", "d_mem": D_MEM} if memory == "associative" else {})
+def memory_config(memory, layout, input_size, n_segments):
+    """The MemoryConfig of a memory ('bare': no memory tokens)."""
+    from modeling_rmt import MemoryConfig
+
+    return MemoryConfig(layout=layout, num_mem_tokens=0 if memory == "bare" else NUM_MEM_TOKENS,
+                        input_size=input_size, max_n_segments=n_segments,
+                        memory_type="associative" if memory == "associative" else "tokens", d_mem=D_MEM)
 
 
 def build_encoder(memory, n_segments):
@@ -57,22 +59,18 @@ def build_encoder(memory, n_segments):
     path = offline_model_path()
     torch.manual_seed(0)
     model = BertForSequenceClassification(AutoConfig.from_pretrained(path, num_labels=6))
-    num_mem_tokens, options = memory_options(memory)
-    return RMTEncoderForSequenceClassification(model, num_mem_tokens, AutoTokenizer.from_pretrained(path), INPUT_SIZE,
-                                               n_segments, **options)
+    return RMTEncoderForSequenceClassification(model, tokenizer=AutoTokenizer.from_pretrained(path),
+                                               memory_config=memory_config(memory, "encoder", INPUT_SIZE, n_segments))
 
 
 def build_decoder(memory, n_segments):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from modeling_rmt import MemoryCell, RecurrentWrapper
-    from modeling_rmt.decoder import memory_positions
 
     torch.manual_seed(0)
-    num_mem_tokens, options = memory_options(memory)
-    cell = MemoryCell(GPT2LMHeadModel(GPT2Config()), num_mem_tokens, **options)
-    segment_size = DECODER_INPUT_SIZE - memory_positions(num_mem_tokens, options.get("memory_type", "tokens"))
-    return RecurrentWrapper(cell, segment_size, n_segments)
+    config = memory_config(memory, "decoder", DECODER_INPUT_SIZE, n_segments)
+    return RecurrentWrapper(MemoryCell(GPT2LMHeadModel(GPT2Config()), memory_config=config))
 
 
 def step_function(model, memory, mode, batch_size, n_segments):

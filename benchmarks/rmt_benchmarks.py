@@ -115,12 +115,12 @@ def build_decoder(max_n_segments, input_size, segment_checkpointing=False):
     """RMT decoder (2 memory tokens) around a randomly initialised GPT-2 small (12 x 768, vocabulary 50257)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from modeling_rmt import MemoryCell, RecurrentWrapper
+    from modeling_rmt import MemoryCell, MemoryConfig, RecurrentWrapper
 
     torch.manual_seed(0)
-    cell = MemoryCell(GPT2LMHeadModel(GPT2Config()), DECODER_MEM_TOKENS)
-    return RecurrentWrapper(cell, input_size - 2 * DECODER_MEM_TOKENS, max_n_segments,
-                            segment_checkpointing=segment_checkpointing)
+    memory = MemoryConfig(layout="decoder", num_mem_tokens=DECODER_MEM_TOKENS, input_size=input_size,
+                          max_n_segments=max_n_segments, segment_checkpointing=segment_checkpointing)
+    return RecurrentWrapper(MemoryCell(GPT2LMHeadModel(GPT2Config()), memory_config=memory))
 
 
 def training_step(args, n_segments):
