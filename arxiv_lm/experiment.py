@@ -17,8 +17,8 @@ from lm_experiments_tools import Trainer, TrainerArgs
 from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.class_names import get_cls_by_name
 from lm_experiments_tools.errors import BadInputError, RunFailure
-from lm_experiments_tools.run_folder import (check_resumed_settings, evaluation_folder, holding_run_folders,
-                                             lock_run_folder, prepare_run_folder)
+from lm_experiments_tools.run_folder import (check_resumed_settings, delete_previous_run, holding_run_folders,
+                                             prepare_evaluation_folder, prepare_run_folder)
 from lm_experiments_tools.runs import (build_backbone, eval_batches, exit_on_bad_input, exit_on_failure, load_config,
                                        make_trainer, run_values, start_run, train_batches, write_run_config)
 from rmt_experiments import text_sources
@@ -112,20 +112,20 @@ def setup(argv=None) -> ArxivRun:
     """Everything before training: options, data, model and Trainer."""
     trainer_args, args = parse_args(ArxivArgs, argv)
     context = start_run(trainer_args)
-    tokenizer = load_tokenizer(args.tokenizer or args.from_pretrained)
-    tokenized = tokenize_splits(load_text(args), tokenizer, num_proc=args.data_n_workers or None)
-    train, eval_loaders = build_batches(args, trainer_args, tokenized=tokenized, tokenizer=tokenizer, context=context)
-    set_seed(trainer_args.seed)  # the same initial weights for runs that differ only in memory or input size
-    model = build_model(args, tokenizer)
-    if not args.validate_only:
+    if not args.validate_only:  # the run folder's refusals and lock, before any time is spent
         prepare_run_folder(trainer_args.model_path, resume=trainer_args.resume, overwrite=trainer_args.overwrite,
                            is_main=context.is_main)
         if trainer_args.resume:
             check_resumed_settings(trainer_args.model_path, run_values(trainer_args, args), RESUME_MAY_CHANGE)
     elif trainer_args.model_path is not None:  # the evaluated run itself or a new folder, never another run
-        folder = evaluation_folder(trainer_args.model_path, args.model_cpt)
-        if context.is_main:
-            lock_run_folder(folder)
+        prepare_evaluation_folder(trainer_args.model_path, args.model_cpt, is_main=context.is_main)
+    tokenizer = load_tokenizer(args.tokenizer or args.from_pretrained)
+    tokenized = tokenize_splits(load_text(args), tokenizer, num_proc=args.data_n_workers or None)
+    train, eval_loaders = build_batches(args, trainer_args, tokenized=tokenized, tokenizer=tokenizer, context=context)
+    set_seed(trainer_args.seed)  # the same initial weights for runs that differ only in memory or input size
+    model = build_model(args, tokenizer)
+    if trainer_args.overwrite and not args.validate_only and context.is_main:  # every input checked: it may go
+        delete_previous_run(trainer_args.model_path)
     evaluates_in_place = args.validate_only and trainer_args.model_path is not None and (
         Path(trainer_args.model_path).resolve() == Path(args.model_cpt).resolve())
     if not evaluates_in_place:  # the evaluated run keeps the config.json it was trained with

@@ -20,8 +20,8 @@ from lm_experiments_tools.checkpoint import BEST_CHECKPOINT_NAME
 from lm_experiments_tools.class_names import get_cls_by_name
 from lm_experiments_tools.errors import BadInputError
 from lm_experiments_tools.run_config import CONFIG_FILE
-from lm_experiments_tools.run_folder import (check_resumed_settings, evaluation_folder, holding_run_folders,
-                                             lock_run_folder, prepare_run_folder)
+from lm_experiments_tools.run_folder import (check_resumed_settings, delete_previous_run, holding_run_folders,
+                                             prepare_evaluation_folder, prepare_run_folder)
 from lm_experiments_tools.runs import (build_backbone, eval_batches, exit_on_bad_input, exit_on_failure, load_config,
                                        make_trainer, run_values, start_run, train_batches, write_run_config)
 from rmt_experiments.checkpoints import is_model_folder, load_run_weights
@@ -239,17 +239,27 @@ def load_initial_weights(model, model_cpt) -> Path:
 
 def validate_checkpoint(experiment: Experiment, stages: list, extra: list) -> None:
     """Evaluate model_cpt's best checkpoint at the requested length(s); results go to the folder that
-    `evaluation_folder` chose in setup, which gets a config.json only when it is not the evaluated run."""
+    `prepare_evaluation_folder` chose and locked in setup, which gets a config.json only when it is not the
+    evaluated run."""
     args = experiment.args
     results_dir = experiment.run_folder
-    if experiment.context.is_main:
-        lock_run_folder(results_dir)
     checkpoint = load_initial_weights(experiment.model, args.model_cpt)
     if results_dir.resolve() != Path(args.model_cpt).resolve():  # the evaluated run keeps its own config.json
         write_run_config(dataclasses.replace(experiment.trainer_args, model_path=str(results_dir)), args)
     for stage in extra or stages:
         evaluate(experiment, stage, checkpoint=checkpoint, results_dir=results_dir,
                  trained_n_segments=_trained_n_segments(args.model_cpt))
+
+
+def prepare_stage_folders(trainer_args, args: BabilongArgs, stages: list, is_main: bool) -> None:
+    """Every stage's run folder refused or locked (`prepare_run_folder`), and with --resume checked against the
+    settings it was trained with, before the first one trains."""
+    for stage in stages:
+        folder = stage_folder(trainer_args.model_path, stage.n_segments)
+        prepare_run_folder(folder, resume=trainer_args.resume, overwrite=trainer_args.overwrite, is_main=is_main)
+        if trainer_args.resume:  # a finished stage too: its results belong to its own settings
+            check_resumed_settings(folder, run_values(*stage_options(trainer_args, args, stage, args.model_cpt)),
+                                   BABILONG_RESUME_MAY_CHANGE)
 
 
 def setup(argv=None) -> tuple:
@@ -261,22 +271,22 @@ def setup(argv=None) -> tuple:
     set_seed(trainer_args.seed)  # the same initial weights (classifier, memory) for runs with the same seed
     model = build_model(args, tokenizer, len(task.labels))
     stages, extra = plan_stages(args, model.segment_size, answer_room(args, tokenizer, task))
+    experiment = Experiment(args, trainer_args, model, tokenizer, task, context)
+    # the run folders' refusals and locks, before the background and the samples take time (and log)
+    if args.validate_only:
+        experiment.run_folder = prepare_evaluation_folder(trainer_args.model_path, args.model_cpt,
+                                                          is_main=context.is_main)
+    else:
+        prepare_stage_folders(trainer_args, args, stages, context.is_main)
     if args.model_cpt:
         load_initial_weights(model, args.model_cpt)  # refuses weights of another shape before any time is spent
-    experiment = Experiment(args, trainer_args, model, tokenizer, task, context)
     experiment.valid_batches(stages[0])  # the background loads and the first sample builds, or fails
-    if args.validate_only:
-        experiment.run_folder = evaluation_folder(trainer_args.model_path, args.model_cpt)
-    else:
+    if not args.validate_only:
         for stage in stages:  # every training story fits its stage's length, checked before anything is written
             experiment.train_batches(stage)
-        for stage in stages:  # every stage's folder, before the first one trains
-            folder = stage_folder(trainer_args.model_path, stage.n_segments)
-            prepare_run_folder(folder, resume=trainer_args.resume, overwrite=trainer_args.overwrite,
-                               is_main=context.is_main)
-            if trainer_args.resume:  # a finished stage too: its results belong to its own settings
-                check_resumed_settings(folder, run_values(*stage_options(trainer_args, args, stage, args.model_cpt)),
-                                       BABILONG_RESUME_MAY_CHANGE)
+        if trainer_args.overwrite and context.is_main:  # every input checked: the previous runs may go
+            for stage in stages:
+                delete_previous_run(stage_folder(trainer_args.model_path, stage.n_segments))
     logger.info(f"{args.task} ({args.model_type}): {type(model).__name__} around {backbone_name(vars(args))}, "
                 f"{sum(p.numel() for p in model.parameters()):,} parameters, segment size {model.segment_size}, "
                 f"{args.num_mem_tokens} memory tokens, stages {[s.n_segments for s in stages]}")

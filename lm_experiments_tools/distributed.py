@@ -13,10 +13,13 @@ import logging
 import os
 import sys
 import weakref
+from collections.abc import Callable
 from typing import NoReturn
 
 import torch
 import torch.distributed as dist
+
+from .errors import RUN_FAILURE_EXIT_CODE
 
 _distributed_context = None  # set once by init_distributed()
 _group_holders = weakref.WeakSet()  # objects that release their hold on the process group before a normal teardown
@@ -69,6 +72,42 @@ def init_distributed() -> DistributedContext:
         rank, world_size = dist.get_rank(), dist.get_world_size()
     _distributed_context = DistributedContext(rank, local_rank, world_size, device)
     return _distributed_context
+
+
+class MainProcessRefused(Exception):
+    """Raised on the other processes when a decision of the main process (`decide_on_main_process`) failed; the
+    main process reports the cause itself, so that a run ends with one line, not one per process."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"the main process refused to go on (exit code {exit_code})")
+        self.exit_code = exit_code
+
+
+def decide_on_main_process(decide: Callable[[], None], is_main: bool) -> None:
+    """Run `decide` (a check that may raise, such as taking a lock) on the main process only; under torchrun every
+    process then learns its outcome, so that all stop at the same point when it raised.
+
+    Without that, the others would go on into their next collective, which the main process never joins: they
+    would fail later with a connection error of their own, and write where the main process refused to.
+
+    Raises:
+        what `decide` raised, on the main process.
+        MainProcessRefused: on the other processes, when `decide` raised; its exit_code is that of the error
+            (`exit_code` of BadInputError and RunFailure, else 1).
+    """
+    error = None
+    if is_main:
+        try:
+            decide()
+        except Exception as raised:  # any outcome must reach the others, which wait for it
+            error = raised
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        outcome = [None if error is None else getattr(error, "exit_code", RUN_FAILURE_EXIT_CODE)]
+        dist.broadcast_object_list(outcome, src=0)
+        if not is_main and outcome[0] is not None:
+            raise MainProcessRefused(outcome[0])
+    if error is not None:
+        raise error
 
 
 def hold_process_group(holder) -> None:

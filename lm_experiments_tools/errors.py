@@ -1,11 +1,23 @@
-"""The two kinds of failure a run can end with, and the exit code each gives on the command line.
+"""The two kinds of failure a run can end with, and the exit code each gives on the command line (and that of
+an interrupted run).
 
 Entry scripts print one line naming the cause and exit with the code of its kind; the full traceback goes to a
 log file in the run folder. Library code raises these (or subclasses) so that the kind is decided where the
 cause is known, not guessed from a builtin exception type far away.
 """
+import os
+import signal
+
 BAD_INPUT_EXIT_CODE = 2
 RUN_FAILURE_EXIT_CODE = 1
+INTERRUPT_EXIT_CODE = 128 + signal.SIGINT  # 130: what shells report for a command ended by Ctrl-C
+
+
+def interrupt_exit_code() -> int:
+    """The exit code of a run stopped by Ctrl-C (SIGINT): 130, so that a script that chains runs stops too; 0 under
+    torchrun, which reports any other code as a failure with a traceback of its own (scripts/launch.sh then
+    exits 130 itself)."""
+    return 0 if os.environ.get("TORCHELASTIC_RUN_ID") else INTERRUPT_EXIT_CODE
 
 
 class BadInputError(ValueError):

@@ -35,7 +35,9 @@ def tune_malloc_for_segment_checkpointing() -> bool:
     """Set glibc's malloc so that segment checkpointing's peak memory does not grow with the segments (see above).
 
     Affects the allocations made afterwards, which is where the activations are. Returns whether the settings were
-    applied: False under another allocator or a C library without mallopt.
+    applied: False under another allocator or a C library without mallopt. The entry scripts call it
+    (rmt_experiments.memory_options); code that calls modeling_rmt's wrappers with segment_checkpointing=True
+    directly should call it first (or preload tcmalloc), since modeling_rmt depends on torch and transformers only.
     """
     if not glibc_malloc_in_use():
         return False

@@ -4,9 +4,9 @@ ends with one line naming the cause while its traceback goes to a log file in th
 A folder holds a run when it has any of the files a run writes once it has started (checkpoints, tensorboard
 events, results); config.json and git.diff alone are what a run that failed before its first step left, and a rerun
 reuses the folder (writing them anew). Training into it needs a decision: `resume` continues that run from its
-newest checkpoint, `overwrite` starts over and deletes those files first (only those: the folder may hold other
-things, and is never removed). Evaluation-only invocations write into the run they evaluate, appending to its
-results, or into a new folder, never over another run (`evaluation_folder`).
+newest checkpoint, `overwrite` starts over and deletes those files once every input is checked (only those: the
+folder may hold other things, and is never removed). Evaluation-only invocations write into the run they evaluate,
+appending to its results, or into a new folder, never over another run (`evaluation_folder`).
 
 A run resumed with `resume` keeps the settings that define it: `check_resumed_settings` refuses values that
 differ from the folder's config.json, except those a caller allows to change by design (docs/design.md,
@@ -15,13 +15,14 @@ differ from the folder's config.json, except those a caller allows to change by 
 One writer per folder: the main process of a run holds an exclusive lock (`fcntl.flock` on RUN_LOCK_NAME in the
 folder, which names the holder's pid and host) from before its first write until it ends, whichever way it ends.
 The OS drops the lock of a process that dies, so a killed run never blocks the next one; a second live run is
-refused with one line naming the holder.
+refused with one line naming the holder, before it spends any time (under torchrun every process stops).
 
 `exit_with_one_line` is what an entry script's `main()` runs inside: any exception becomes one line on stderr
 ("error: <cause> (traceback: <log file>)") and an exit code, 2 for bad input (`BadInputError`, and the types the
 caller names for its setup stage) and 1 for everything else (`RunFailure`, a full disk, bugs). The log file is
 error.log in the run folder, or a file in the temporary folder when there is none yet; a `BadInputError` raised
-before the run folder exists (a refused flag) needs no traceback and gets none.
+before the run folder exists (a refused flag) needs no traceback and gets none. A Ctrl-C that reaches it (one
+during setup, or a second one) ends with one line saying what was saved, and exit code 130.
 """
 import contextlib
 import errno
@@ -38,11 +39,9 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch.distributed as dist
-
 from .checkpoint import CheckpointError, find_latest_checkpoint
-from .distributed import exit_after_failure
-from .errors import BAD_INPUT_EXIT_CODE, RUN_FAILURE_EXIT_CODE, BadInputError
+from .distributed import MainProcessRefused, decide_on_main_process, exit_after_failure, get_distributed_rank
+from .errors import BAD_INPUT_EXIT_CODE, RUN_FAILURE_EXIT_CODE, BadInputError, interrupt_exit_code
 from .run_config import CONFIG_FILE, GIT_DIFF_FILE
 
 logger = logging.getLogger(__name__)
@@ -53,6 +52,8 @@ RUN_FILE_PATTERNS = ("model_*.pth", ".model_*.pth.*.tmp", "events.out.tfevents.*
 MAX_NAMES_IN_ERROR = 4
 RUN_LOCK_NAME = ".run.lock"  # not a run file: a run that never took a step leaves a folder a rerun may reuse
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+INTERRUPTED_IN_SETUP = "interrupted before training started: nothing saved"
+INTERRUPTED_IN_RUN = "interrupted: stopped at once, nothing saved since the last checkpoint"
 
 
 class RunFolderError(BadInputError):
@@ -80,7 +81,11 @@ def lock_run_folder(folder) -> None:
     if key in _held_locks:
         return
     check_writable(folder)
-    file = open(folder / RUN_LOCK_NAME, "a+", encoding="utf-8")
+    try:
+        file = open(folder / RUN_LOCK_NAME, "a+", encoding="utf-8")
+    except OSError as error:  # e.g. a lock file of another user
+        raise BadInputError(f"model_path {folder}: its lock file {RUN_LOCK_NAME} cannot be opened ({error.strerror}): "
+                            "expected a folder whose files this process can write") from error
     try:
         fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -178,20 +183,27 @@ def check_writable(folder: Path) -> None:
 
 
 def prepare_run_folder(folder, *, resume: bool, overwrite: bool, is_main: bool = True) -> None:
-    """Refuse a folder that holds a run unless told what to do with it; with `overwrite`, empty it of that run.
-    The folder is created and checked for writing, and its lock taken (on the main process, before any write).
+    """Refuse a folder that holds a run unless told what to do with it, and take its lock; nothing is deleted here
+    (`delete_previous_run`, once every input is checked). The folder is created and checked for writing.
+
+    The main process decides; under torchrun the others learn its decision (`decide_on_main_process`), so that a
+    refusal stops every process before its first collective, with one line (the main process's).
 
     Args:
         folder: the run folder (`model_path`); None (nothing written) is always fine.
         resume: continue the run in the folder (or start one if it has none).
-        overwrite: delete the previous run's files, then start a new run.
-        is_main: only the main process creates and deletes; under torchrun every process checks, then all wait
-            for each other (a barrier), so that they all see the folder as it was and decide alike.
+        overwrite: start a new run; `delete_previous_run` deletes the previous one's files.
+        is_main: whether this is the main process, the one that decides and holds the lock.
 
     Raises:
         RunFolderError: the folder holds a run and neither flag is given, or both flags are given.
         RunFolderLockedError: another run is writing to the folder.
+        MainProcessRefused: on the other processes, when the main process raised one of these.
     """
+    decide_on_main_process(lambda: _claim_run_folder(folder, resume, overwrite), is_main)
+
+
+def _claim_run_folder(folder, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise RunFolderError("--resume and --overwrite are both given: expected at most one (continue the run "
                              "in model_path, or start it over)")
@@ -201,16 +213,28 @@ def prepare_run_folder(folder, *, resume: bool, overwrite: bool, is_main: bool =
     if files and not (resume or overwrite):
         raise RunFolderError(f"model_path {folder} already holds a run ({_describe(files)}): expected --resume to "
                              f"continue it, --overwrite to start over (deleting those files) or another model_path")
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # every process has looked before the main one deletes or writes anything
-    if not is_main:
-        return
     lock_run_folder(folder)
-    if files and overwrite:
-        for path in files:
-            path.unlink(missing_ok=True)
+
+
+def delete_previous_run(folder) -> None:
+    """--overwrite: delete the files of the previous run in `folder` (only those: the folder may hold other things,
+    and is never removed; None: nothing). Called on the main process, holding the folder's lock, once every input
+    is checked."""
+    if folder is None:
+        return
+    files = run_files(folder)
+    for path in files:
+        path.unlink(missing_ok=True)
+    if files:
         logger.warning(f"--overwrite: deleted {len(files)} files of the previous run in {folder} "
                        f"({_describe(files)})")
+
+
+def prepare_evaluation_folder(folder, evaluated, *, is_main: bool = True) -> Path:
+    """The folder an evaluation-only run of `evaluated` writes to (`evaluation_folder`), its lock taken by the main
+    process; under torchrun every process learns the main process's decision, as in `prepare_run_folder`."""
+    decide_on_main_process(lambda: lock_run_folder(evaluation_folder(folder, evaluated)), is_main)
+    return evaluation_folder(folder, evaluated)
 
 
 def evaluation_folder(folder, evaluated) -> Path:
@@ -299,7 +323,7 @@ def describe_failure(error: BaseException, folder=None) -> str:
 
 @contextlib.contextmanager
 def exit_with_one_line(run_folder: Callable[[], str | None] | str | None = None,
-                       bad_input: tuple = (BadInputError,)):
+                       bad_input: tuple = (BadInputError,), interrupted: str = INTERRUPTED_IN_RUN):
     """End the process with one line on stderr and an exit code for any exception raised inside.
 
     Args:
@@ -307,13 +331,25 @@ def exit_with_one_line(run_folder: Callable[[], str | None] | str | None = None,
             error.log gets the traceback.
         bad_input: exception types that mean bad input (exit code 2); e.g. (ValueError, OSError) around the
             setup stage, where a missing file is the user's. Everything else exits with code 1.
+        interrupted: the line of a Ctrl-C inside (KeyboardInterrupt: one outside the Trainer's stop handling, or a
+            second one), which says what was saved; the exit code is `interrupt_exit_code()`.
 
-    SystemExit (a stop signal's clean exit, argparse) and a second Ctrl-C pass through.
+    SystemExit (a stop signal's clean exit, argparse) passes through. On the other processes of a torchrun run,
+    a refusal of the main process (MainProcessRefused) and an interrupt end without a line: the main process
+    prints the one line of the run.
     """
     try:
         yield
-    except (SystemExit, KeyboardInterrupt):
+    except SystemExit:
         raise
+    except MainProcessRefused as refused:
+        logging.shutdown()
+        exit_after_failure(refused.exit_code)
+    except KeyboardInterrupt:
+        logging.shutdown()
+        if get_distributed_rank() == 0:
+            print(interrupted, file=sys.stderr, flush=True)
+        exit_after_failure(interrupt_exit_code())
     except BaseException as error:  # noqa: B036 - every failure must end as one line, whatever its type
         folder = run_folder() if callable(run_folder) else run_folder
         code = BAD_INPUT_EXIT_CODE if isinstance(error, bad_input) else RUN_FAILURE_EXIT_CODE

@@ -7,8 +7,10 @@ own data and metrics, and takes everything else from here:
     with exit_on_bad_input():
         trainer_args, args = parse_dataclasses(MyArgs, argv)
         context = start_run(trainer_args)
-        ...
-        prepare_run_folder(trainer_args.model_path, resume=..., overwrite=..., is_main=...)
+        prepare_run_folder(trainer_args.model_path, resume=..., overwrite=..., is_main=...)  # before any time is spent
+        ...  # data and model, every input checked
+        if trainer_args.overwrite and context.is_main:
+            delete_previous_run(trainer_args.model_path)
         trainer = make_trainer(trainer_args, model=..., optimizer=..., train=..., valid=..., metrics_fn=...)
     with exit_on_failure(trainer_args.model_path):
         trainer.train()
@@ -31,7 +33,7 @@ from .class_names import get_cls_by_name
 from .distributed import init_distributed
 from .errors import BadInputError
 from .run_config import prepare_run
-from .run_folder import exit_with_one_line, raise_on_parse_errors
+from .run_folder import INTERRUPTED_IN_SETUP, exit_with_one_line, raise_on_parse_errors
 from .trainer import Trainer
 from .trainer_args import TrainerArgs
 
@@ -51,8 +53,9 @@ def parse_dataclasses(args_cls: type, argv=None) -> tuple:
 
 def exit_on_bad_input():
     """Context of the setup stage: any error inside ends the process with one line on stderr, exit code 2 for bad
-    input (including a ValueError or OSError: a value that does not work, a missing file), 1 otherwise."""
-    return exit_with_one_line(bad_input=SETUP_BAD_INPUT)
+    input (including a ValueError or OSError: a value that does not work, a missing file), 1 otherwise; Ctrl-C
+    with 'interrupted before training started: nothing saved' and exit code 130."""
+    return exit_with_one_line(bad_input=SETUP_BAD_INPUT, interrupted=INTERRUPTED_IN_SETUP)
 
 
 def exit_on_failure(run_folder):

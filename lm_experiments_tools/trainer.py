@@ -17,7 +17,6 @@ import dataclasses
 import itertools
 import logging
 import math
-import os
 import signal
 import threading
 import time
@@ -33,7 +32,7 @@ from transformers import get_scheduler
 from .batches import ForwardArgumentFilter, TrainBatchStream, batch_num_samples, move_to_device, split_batch
 from .checkpoint import (apply_model_state, find_latest_checkpoint, iteration_checkpoint_name,
                          load_checkpoint, save_checkpoint)
-from .errors import BadInputError, RunFailure
+from .errors import BadInputError, RunFailure, interrupt_exit_code
 from .metrics import MetricsAccumulator, loss_batch_metrics
 from .rng import get_rng_state, set_rng_state, set_seed
 from .run_folder import check_writable
@@ -43,7 +42,6 @@ from .distributed import hold_process_group, init_distributed
 logger = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-INTERRUPT_EXIT_CODE = 128 + signal.SIGINT  # 130: what shells report for a command ended by Ctrl-C
 TENSORBOARD_QUEUE_SIZE = 1000
 
 
@@ -99,14 +97,10 @@ def _deferred_stop_signals():
 def stop_exit_code(received_signals: list) -> int:
     """The exit code of a run stopped by a signal, after its resumable checkpoint is saved.
 
-    Ctrl-C (SIGINT) gives 130, as the shell reports an interrupted command, so that a script that chains runs stops
-    too. SIGTERM gives 0: a scheduler's stop, after which the job is requeued and resumes. Under torchrun a process
-    exits 0 either way, because torchrun reports any other code as a failure with a traceback; scripts/launch.sh
-    reports the interrupt in one line and exits 130 itself.
+    Ctrl-C (SIGINT) gives `interrupt_exit_code()`: 130, or 0 under torchrun. SIGTERM gives 0: a scheduler's stop,
+    after which the job is requeued and resumes.
     """
-    if signal.SIGINT in received_signals and not os.environ.get("TORCHELASTIC_RUN_ID"):
-        return INTERRUPT_EXIT_CODE
-    return 0
+    return interrupt_exit_code() if signal.SIGINT in received_signals else 0
 
 
 def _restore_handlers(handlers: dict) -> None:

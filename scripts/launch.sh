@@ -7,7 +7,8 @@
 # Under accelerate, NP, NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT override what ACCELERATE_CONFIG says, and the
 # precision is the entry point's own (--fp16 / --bf16; accelerate's mixed_precision is set to 'no'). A config that
 # asks for DeepSpeed, FSDP, Megatron-LM or TPUs is refused: the Trainer runs torch DDP.
-# Ctrl-C under torchrun: the workers save a resumable checkpoint, and this prints one line and exits 130.
+# Ctrl-C under torchrun: the workers' main process says in one line what was saved (a resumable checkpoint, or nothing
+# before training started), and this exits 130.
 NNODES=${NNODES:-1}                      # machines
 NODE_RANK=${NODE_RANK:-}                 # this machine's rank, 0 .. NNODES-1 (default 0 on one machine only)
 MASTER_ADDR=${MASTER_ADDR:-}             # address of the NODE_RANK=0 machine, reachable from all machines
@@ -55,9 +56,11 @@ if [[ -n $ACCELERATE_CONFIG ]]; then
 fi
 
 # Runs torchrun with its arguments. torchrun gets its own process group, so that Ctrl-C (SIGINT to the terminal's
-# foreground group) reaches this shell only, which passes it on to the workers, torchrun's children: they save a
-# resumable checkpoint and exit 0, so torchrun ends without a traceback, and the interrupt is reported here in one
-# line with exit code 130. (Interrupted itself, torchrun would print a traceback of its own.)
+# foreground group) reaches this shell only, which passes it on to the workers, torchrun's children: their main
+# process reports in one line what was saved, and they exit 0, so torchrun ends without a traceback; this shell then
+# exits 130. Only the workers know whether a checkpoint was saved, so this shell adds no line of its own.
+# (Interrupted itself, torchrun would print a traceback of its own.) A shell started with SIGINT ignored (a
+# background job of a script) cannot trap it: Ctrl-C does not reach such a run, SIGTERM to the workers stops it.
 _torchrun() {
     local pid status interrupted=0
     set -m
@@ -71,10 +74,7 @@ _torchrun() {
         kill -0 "$pid" 2>/dev/null || break  # a wait cut short by the trap leaves torchrun running
     done
     trap - INT
-    if (( interrupted )); then
-        echo "interrupted: the workers saved a resumable checkpoint in the run folder; RESUME=1 continues it" >&2
-        exit 130
-    fi
+    (( ! interrupted )) || exit 130
     return "$status"
 }
 

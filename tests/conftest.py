@@ -1,7 +1,8 @@
 """The tests' shared tiny backbones: the config values that their `--model_cfg` files hold (a random BERT encoder
 and a random GPT-2 decoder over the offline MiniLM vocabulary), the variations that some tests need, named here,
-and fixtures that write them as config files."""
+and fixtures that write them as config files; helpers of the tests that start commands."""
 import json
+import signal
 import subprocess
 from pathlib import Path
 
@@ -51,3 +52,10 @@ def run_in_process(main, argv: list, capsys) -> subprocess.CompletedProcess:
         code = exit_info.code if isinstance(exit_info.code, int) else 0 if exit_info.code is None else 1
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+
+
+def default_sigint() -> None:
+    """A `preexec_fn` for a command a test interrupts with SIGINT: the default disposition, whatever this process
+    inherited. A test suite started as a background job of a shell without job control has SIGINT ignored, and
+    its children would inherit that (bash cannot even trap a signal ignored at its start)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

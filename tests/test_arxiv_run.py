@@ -174,6 +174,19 @@ def tiny_run_inputs(folder):
             "--input_size", "32", "--num_mem_tokens", "2", "--max_n_segments", "3", "--batch_size", "2"]
 
 
+def test_resume_with_other_settings_is_refused_listing_them(tmp_path, capsys):
+    model_and_data = tiny_run_inputs(tmp_path) + ["--num_valid_samples", "2"]
+    run_folder = tmp_path / "run"
+    main([*model_and_data, "--iters", "2", "--lr", "3e-3", "--model_path", str(run_folder)])
+    before = {path.name: path.read_bytes() for path in run_folder.iterdir() if path.is_file()}
+    code, message = run_main([*model_and_data, "--iters", "4", "--lr", "0.01", "--max_n_segments", "2",
+                              "--model_path", str(run_folder), "--resume"], capsys)
+    assert code == 2 and len(message) == 1 and "changes the settings that define the run" in message[0], message
+    assert "lr 0.003 -> 0.01" in message[0] and "max_n_segments 3 -> 2" in message[0]
+    assert "iters 2 -> 4" not in message[0]  # extending a run is allowed
+    assert {path.name: path.read_bytes() for path in run_folder.iterdir() if path.is_file()} == before
+
+
 @pytest.mark.slow
 def test_two_processes_evaluate_an_odd_validation_set_exactly_as_one(tmp_path):
     # 7 samples: shards of 3 and 4, so padding a shard (as DistributedSampler does) would count a sample twice

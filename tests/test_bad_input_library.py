@@ -17,7 +17,8 @@ from lm_experiments_tools.checkpoint import (BEST_CHECKPOINT_NAME, CheckpointErr
                                              find_latest_checkpoint, load_checkpoint, save_checkpoint)
 from lm_experiments_tools.errors import BadInputError, RunFailure
 from lm_experiments_tools.run_folder import (RUN_LOCK_NAME, CommandLineError, RunFolderError, describe_failure,
-                                             exit_with_one_line, prepare_run_folder, raise_on_parse_errors, run_files)
+                                             delete_previous_run, exit_with_one_line, prepare_run_folder,
+                                             raise_on_parse_errors, run_files)
 from trainer_scripts.tiny_task import build_trainer, flat_parameters
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -253,13 +254,14 @@ def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(tmp_path)
     with pytest.raises(RunFolderError, match="--resume and --overwrite are both given"):
         prepare_run_folder(folder, resume=True, overwrite=True)
     prepare_run_folder(folder, resume=True, overwrite=False)
-    prepare_run_folder(folder, resume=False, overwrite=True, is_main=False)  # other processes only check
+    prepare_run_folder(folder, resume=False, overwrite=True)  # deletes nothing: the inputs are not checked yet
     assert run_files(folder) == before
 
 
 def test_overwrite_deletes_only_the_previous_runs_files(tmp_path):
     folder = _finished_run(tmp_path / "run")
     prepare_run_folder(folder, resume=False, overwrite=True)
+    delete_previous_run(folder)
     assert sorted(p.name for p in folder.iterdir()) == [RUN_LOCK_NAME, "notes.txt"]  # the lock names no run
     trainer = build_trainer(TrainerArgs(model_path=str(folder), iters=1, batch_size=4, resume=True, lr=0.01))
     assert trainer.n_iter == 0  # nothing of the old run is left to resume from

@@ -1,6 +1,7 @@
 """The official-format BABILong evaluation (babilong.evaluate_official): scoring, datasets, CSVs, summary, CLI."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -221,6 +222,23 @@ def test_cli_refuses_os_system_in_a_run_folder(tmp_path):
                             capture_output=True, text=True, cwd=REPO_ROOT)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "'os:system' is not a registered class" in lines[0]
+
+
+def test_a_run_folder_shipping_its_own_module_cannot_run_it(tmp_path):
+    """The probe of issue 27: a downloaded folder `evilrun` with payload.py and model_cls "evilrun.payload:X",
+    evaluated from its parent folder, where `python -m` puts the working folder first on sys.path."""
+    marker = tmp_path / "payload_ran"
+    run_dir = fake_run_folder(tmp_path / "evilrun", model_cls="evilrun.payload:X")
+    (run_dir / "payload.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\nX = object\n")
+    dataset = make_dataset(tmp_path / "babilong", lengths=("0k",))
+    result = subprocess.run([sys.executable, "-m", "babilong.evaluate_official", "--model_cpt", "evilrun",
+                             "--dataset", dataset, "--tasks", "qa1", "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "model_cls 'evilrun.payload:X' is not a registered class" in lines[0]
+    assert not marker.exists()
 
 
 # ---- rows the evaluation cannot read ---------------------------------------------------------------------------

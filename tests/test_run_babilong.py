@@ -176,6 +176,16 @@ def test_resume_with_other_settings_is_refused_listing_them(curriculum_run, tiny
     assert config_texts(runs) == before
 
 
+def test_resume_with_other_max_n_segments_is_refused(curriculum_run, tiny_bert, capsys):
+    stage_1 = curriculum_run[0] / "seg1" / "run_1"  # trained at 1 segment
+    before = (stage_1 / CONFIG_FILE).read_text()
+    code, err = run_main(common_args(tiny_bert) + training_args() + [
+        "--model_path", str(stage_1), "--resume", "--max_n_segments", "2"], capsys)
+    assert code == 2 and len(err) == 1 and "changes the settings that define the run" in err[0], err
+    assert "max_n_segments 1 -> 2" in err[0] and f"input_seq_len {SEGMENT_SIZE} -> {2 * SEGMENT_SIZE}" in err[0]
+    assert (stage_1 / CONFIG_FILE).read_text() == before
+
+
 def test_resume_may_change_what_does_not_define_the_run(curriculum_run, tiny_bert, capsys):
     runs, _ = curriculum_run
     records = [stage_records(runs / f"seg{n}" / "run_1") for n in (1, 2)]
@@ -319,6 +329,30 @@ def test_a_torn_last_record_is_skipped_by_readers_and_never_glued_onto(tmp_path,
     assert run_babilong.is_evaluated(run_dir, n_segments=8, trained_n_segments=2)  # what --resume reads
     assert plot.main([str(tmp_path), "-o", str(tmp_path / "figure.png")]) == 0
     assert "| memorize |  | 2 | 8 | 456 | 70.0 | 10 |" in capsys.readouterr().out
+
+
+def tear_a_record(run_dir: Path) -> str:
+    """Append the first 30 characters of a record, as a crash in the middle of an append leaves it."""
+    torn = json.dumps(_record("memorize", 1, 1, 50.0))[:30]
+    with open(run_dir / RESULTS_FILE, "a", encoding="utf-8") as file:
+        file.write(torn)
+    return torn
+
+
+def test_the_command_line_reads_past_a_torn_record_and_appends_after_it(tiny_bert, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    argv = common_args(tiny_bert) + training_args(iters=2) + ["--model_path", str(run_dir)]
+    run_babilong.main(argv)
+    (run_dir / RESULTS_FILE).write_text("")  # the run crashed while appending its only record
+    first_torn = tear_a_record(run_dir)
+    with caplog.at_level("WARNING"):
+        run_babilong.main([*argv, "--resume"])  # not finished: its record is torn; evaluated, recorded after it
+    assert f"{RESULTS_FILE}:1: skipping a torn record" in caplog.text
+    second_torn = tear_a_record(run_dir)
+    run_babilong.main(common_args(tiny_bert) + ["--validate_only", "--model_cpt", str(run_dir)])
+    lines = (run_dir / RESULTS_FILE).read_text().splitlines()
+    assert [lines[0], lines[2]] == [first_torn, second_torn] and len(lines) == 4, lines  # whole records, own lines
+    assert [record["trained_n_segments"] for record in stage_records(run_dir)] == [1, 1]
 
 
 def test_plot_keeps_the_named_tasks(tmp_path, capsys):
