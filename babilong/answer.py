@@ -3,8 +3,9 @@
     python -m babilong.answer DIR --context story.txt --question "Where is Mary?"
 
 The context and the question are tokenized as evaluation samples are (`babilong.evaluate_official.prompt_ids`;
-a decoder also gets the GEN marker) and read one segment at a time without gradients, so memory stays flat in the
-length of the text; a progress bar counts the segments. An encoder prints the label of its highest logit and that
+a decoder also gets the GEN marker) and read one segment at a time without gradients, so the model's memory stays
+flat in the length of the text (the tokenizer's, while it tokenizes the whole text, does not: about 0.7 KiB per
+token; `benchmarks/answer_memory.py`); a progress bar counts the segments. An encoder prints the label of its highest logit and that
 label's probability, a decoder the answer it generates greedily; then the tokens read and tokens per second.
 Bad input (a folder that is not a model folder, a context file that is not UTF-8 text) stops with one line and
 exit code 2.

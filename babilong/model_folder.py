@@ -1,11 +1,13 @@
 """Model folders: a trained RMT saved the Hugging Face way (config.json, model.safetensors, the tokenizer), as
 `babilong.export` writes it and `babilong.answer` and `babilong.evaluate_official` read it.
 
-A folder is checked from its JSON files alone before anything is loaded, so that nothing in it chooses code to
-run: its config.json must name one of the RMT model types (`modeling_rmt.pretrained`), its backbone a
-transformers model type with a head of the right kind, and neither the model's nor the tokenizer's config may
-carry an `auto_map` (remote code) or name an architecture outside this project. The backbone class then comes
-from transformers' own Auto mapping; nothing is imported from the folder and `trust_remote_code` stays off.
+A folder is checked from its JSON files (and the weights file's JSON header) before anything is loaded, so that
+nothing in it chooses code to run: its config.json must name one of the RMT model types (`modeling_rmt.pretrained`),
+its backbone a transformers model type with a head of the right kind, and neither the model's nor the tokenizer's
+config may carry an `auto_map` (remote code) or name an architecture outside this project; the tokenizer's class
+must be one of transformers with its vocabulary in the folder, and safetensors must read the weights' header. The
+backbone class then comes from transformers' own Auto mapping; nothing is imported from the folder and
+`trust_remote_code` stays off.
 """
 import json
 from pathlib import Path
@@ -17,6 +19,7 @@ from rmt_experiments.offline_model import ensure_pad_and_eos
 
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+TOKENIZER_FILE = "tokenizer.json"
 # model type of the folder -> (model_type of babilong runs, the project's class, transformers' head mapping)
 FOLDER_TYPES = {"rmt_encoder": ("encoder", "RMTForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION"),
                 "rmt_decoder": ("decoder", "RMTForCausalLM", "MODEL_FOR_CAUSAL_LM")}
@@ -44,7 +47,7 @@ def check_model_folder(path) -> dict:
 
     Checked, from the JSON files only: config.json with an RMT model_type, architectures of this project only, no
     auto_map in the model's, the backbone's or the tokenizer's config, a backbone model_type transformers knows
-    with the right head, the weights file and the tokenizer.
+    with the right head, the weights file's header and the whole tokenizer (check_weights, check_tokenizer).
     """
     folder = Path(path)
     if not (folder / CONFIG_FILE).is_file():
@@ -70,8 +73,50 @@ def check_model_folder(path) -> dict:
     if backbone.get("model_type") not in _head_model_types(head):
         raise BadInputError(f"{folder / CONFIG_FILE}: backbone model_type {backbone.get('model_type')!r}: expected a "
                             f"transformers model type with a {head.lower().replace('model_for_', '')} head")
-    if not (folder / WEIGHTS_FILE).is_file():
+    check_weights(folder)
+    check_tokenizer(folder)
+    return config
+
+
+def check_weights(folder: Path) -> None:
+    """BadInputError unless the weights file is there and safetensors reads its header (names, shapes and offsets
+    that must fit the file's size); no tensor is loaded."""
+    from safetensors import SafetensorError, safe_open
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
         raise BadInputError(f"{str(folder)!r} has no {WEIGHTS_FILE}: expected the model's weights")
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            weights.keys()
+    except (SafetensorError, OSError) as error:
+        raise BadInputError(f"{path} is not a readable safetensors file ({error}): expected the weights that "
+                            "save_pretrained writes") from error
+
+
+def _tokenizer_class_names() -> set:
+    """The tokenizer classes transformers maps model types to, and its generic ones, by name only (no import)."""
+    from transformers.models.auto.tokenization_auto import TOKENIZER_MAPPING_NAMES
+    return {name for name in TOKENIZER_MAPPING_NAMES.values() if name} | {"TokenizersBackend",
+                                                                          "PreTrainedTokenizerFast"}
+
+
+def tokenizer_class(folder: Path, name) -> type:
+    """The transformers class that tokenizer_config.json names: its name is checked first, so that only a class of
+    transformers is ever imported; a v4 'Fast' name reads as its v5 class."""
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+    known = isinstance(name, str) and {name, name.removesuffix("Fast")} & _tokenizer_class_names()
+    found = tokenizer_class_from_name(name) if known else None
+    if found is None:
+        raise BadInputError(f"{folder / TOKENIZER_CONFIG_FILE}: tokenizer_class {name!r}: expected a tokenizer class "
+                            "of transformers (e.g. 'BertTokenizer')")
+    return found
+
+
+def check_tokenizer(folder: Path) -> None:
+    """BadInputError unless the folder holds a whole tokenizer of a transformers class: tokenizer_config.json
+    without auto_map, a tokenizer_class transformers knows, and its vocabulary (tokenizer.json, or the class's own
+    vocabulary files). Without its vocabulary a tokenizer would load with an empty one and read every word as
+    unknown."""
     if not (folder / TOKENIZER_CONFIG_FILE).is_file():
         raise BadInputError(f"{str(folder)!r} has no tokenizer ({TOKENIZER_CONFIG_FILE}): expected the tokenizer "
                             "saved with the model")
@@ -79,7 +124,15 @@ def check_model_folder(path) -> dict:
     if tokenizer_config.get("auto_map"):
         raise BadInputError(f"{folder / TOKENIZER_CONFIG_FILE} has auto_map {tokenizer_config['auto_map']!r}: expected "
                             "no remote code")
-    return config
+    name = tokenizer_config.get("tokenizer_class")
+    vocabulary = [file for key, file in tokenizer_class(folder, name).vocab_files_names.items()
+                  if key != "tokenizer_file"]
+    if (folder / TOKENIZER_FILE).is_file():
+        return
+    missing = [file for file in vocabulary if not (folder / file).is_file()]
+    if missing:
+        raise BadInputError(f"{str(folder)!r} has no {TOKENIZER_FILE} and no {', '.join(missing)}: expected the "
+                            f"vocabulary of its {name} saved with the model")
 
 
 def load_model_folder(path) -> tuple:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,8 +19,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 import modeling_rmt
 from babilong import evaluate_official as official
 from babilong import export, generate_babi, plot
-from babilong.answer import answer as answer_question
 from babilong.answer import main as answer_main
+from babilong.dataset import GEN_TEXT
 from babilong.evaluate_official import prompt_ids
 from babilong.model_folder import load_model_folder
 from babilong.results import RESULTS_FILE, read_results
@@ -27,7 +28,7 @@ from babilong.tasks import get_task
 from modeling_rmt.pretrained import FLAT_MEMORY_DEFAULTS
 from conftest import TINY_BERT, TINY_GPT2, run_in_process
 from lm_experiments_tools.run_config import CONFIG_FILE
-from rmt_experiments.offline_model import load_tokenizer
+from rmt_experiments.offline_model import eos_token_id, load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INPUT_SIZE, NUM_MEM_TOKENS, D_MEM = 32, 2, 4
@@ -108,9 +109,9 @@ def test_a_saved_model_gives_the_same_logits_in_a_fresh_process(tmp_path, tokeni
     assert config["task_labels"] == LABELS and "auto_map" not in config
 
 
-def test_push_to_hub_uploads_config_weights_and_tokenizer(tokenizer, monkeypatch):
-    from types import SimpleNamespace
-
+@pytest.mark.parametrize("memory_type", ["tokens", "associative"])
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_push_to_hub_uploads_config_weights_and_tokenizer(tokenizer, monkeypatch, kind, memory_type):
     from transformers.utils import hub
     uploaded = {}
 
@@ -121,14 +122,14 @@ def test_push_to_hub_uploads_config_weights_and_tokenizer(tokenizer, monkeypatch
         create_repo=lambda repo_id, **kwargs: SimpleNamespace(repo_id=f"user/{repo_id}")))
     monkeypatch.setattr(hub, "create_and_tag_model_card", lambda *args, **kwargs: SimpleNamespace(save=lambda path: None))
     monkeypatch.setattr(hub.PushToHubMixin, "_upload_modified_files", record_upload)
-    hf_model("encoder", "tokens", tokenizer).push_to_hub("rmt-test")
+    hf_model(kind, memory_type, tokenizer).push_to_hub("rmt-test")
     assert uploaded["repo_id"] == "user/rmt-test"
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(uploaded["files"])
 
 
 # ---- exported run folders -------------------------------------------------------------------------------------
 
-def train_run(tmp_path: Path, model_type: str) -> Path:
+def train_run(tmp_path: Path, model_type: str, memory_type: str) -> Path:
     """A tiny qa1 curriculum (4 then 5 segments, also evaluated at 6); returns the last stage's run folder."""
     from babilong import experiment as run_babilong
     babi = tmp_path / "babi"
@@ -137,21 +138,44 @@ def train_run(tmp_path: Path, model_type: str) -> Path:
     config.write_text(json.dumps(TINY_BERT if model_type == "encoder" else TINY_GPT2))
     run_babilong.main(["--task", "qa1", "--babi_path", str(babi), "--model_type", model_type, "--model_cfg",
                        str(config), "--input_size", str(INPUT_SIZE), "--num_mem_tokens", str(NUM_MEM_TOKENS),
-                       "--curriculum", "4,5", "--eval_n_segments", "6", "--num_valid_samples", "4",
+                       "--memory_type", memory_type, "--d_mem", str(D_MEM), "--curriculum", "4,5", "--eval_n_segments", "6", "--num_valid_samples", "4",
                        "--batch_size", "2", "--iters", "2", "--lr", "1e-3", "--valid_interval", "2", "--save_best",
                        "--optimize_metric", "exact_match", "--optimize_mode", "max",
                        "--model_path", str(tmp_path / "runs" / "seg{n_segments}")])
     return tmp_path / "runs" / "seg5"
 
 
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """exports(model type, memory type): (run folder, model folder) of a tiny trained run, trained and exported
+    once for the module's tests."""
+    made = {}
+
+    def export_of(model_type: str, memory_type: str) -> tuple:
+        if (model_type, memory_type) not in made:
+            tmp_path = tmp_path_factory.mktemp(f"{model_type}-{memory_type}")
+            run_dir = train_run(tmp_path, model_type, memory_type)
+            export.main([str(run_dir), "--out", str(tmp_path / "model")])
+            made[model_type, memory_type] = run_dir, tmp_path / "model"
+        return made[model_type, memory_type]
+    return export_of
+
+
+@pytest.fixture(scope="module", params=[("encoder", "tokens"), ("decoder", "tokens"), ("encoder", "associative"),
+                                        ("decoder", "associative")], ids="-".join)
+def exported(request, exports):
+    """(run folder, model folder) of each model type with each memory type."""
+    return exports(*request.param)
+
+
 @pytest.fixture(scope="module", params=["encoder", "decoder"])
-def exported(request, tmp_path_factory):
-    """(run folder, model folder) of a tiny trained run of each model type."""
-    tmp_path = tmp_path_factory.mktemp(request.param)
-    run_dir = train_run(tmp_path, request.param)
-    out = tmp_path / "model"
-    export.main([str(run_dir), "--out", str(out)])
-    return run_dir, out
+def exported_tokens(request, exports):
+    """(run folder, model folder) of each model type with memory tokens: for what does not depend on the memory."""
+    return exports(request.param, "tokens")
+
+
+def trained_args(run_dir: Path) -> dict:
+    return json.loads((run_dir / CONFIG_FILE).read_text())["args"]
 
 
 def card_rows(card: str, header: str) -> list:
@@ -180,11 +204,13 @@ def test_the_card_tables_equal_the_records_and_the_curriculum(exported):
     trained = json.loads((run_dir / CONFIG_FILE).read_text())
     assert shlex.split(command)[1:] == trained["environment"]["command"]
     memory_line = next(line for line in card.splitlines() if line.startswith("- Memory:"))
-    assert memory_line == f"- Memory: tokens, {NUM_MEM_TOKENS} memory tokens"
+    expected = {"tokens": f"- Memory: tokens, {NUM_MEM_TOKENS} memory tokens",
+                "associative": f"- Memory: associative, {NUM_MEM_TOKENS} memory tokens, d_mem {D_MEM}"}
+    assert memory_line == expected[trained_args(run_dir)["memory_type"]]
 
 
-def test_without_a_recorded_command_the_card_rebuilds_it_from_the_args(exported):
-    run_dir, _ = exported
+def test_without_a_recorded_command_the_card_rebuilds_it_from_the_args(exported_tokens):
+    run_dir, _ = exported_tokens
     config = json.loads((run_dir / CONFIG_FILE).read_text())
     command = shlex.split(export.training_command({"args": config["args"]}))
     assert command[:2] == ["python", export.ENTRY_SCRIPT]
@@ -204,12 +230,13 @@ def test_the_exported_model_answers_as_the_run_folder_does(exported):
 def test_model_cpt_takes_a_model_folder_as_it_takes_the_run_folder(exported, tmp_path):
     from babilong import experiment as run_babilong
     run_dir, out = exported
-    trained = json.loads((run_dir / CONFIG_FILE).read_text())["args"]
+    trained = trained_args(run_dir)
 
     def validate(model_cpt, results):
         run_babilong.main(["--task", "qa1", "--babi_path", trained["babi_path"], "--model_type", trained["model_type"],
                            "--model_cfg", trained["model_cfg"], "--input_size", str(INPUT_SIZE), "--num_mem_tokens",
-                           str(NUM_MEM_TOKENS), "--max_n_segments", "6", "--num_valid_samples", "4", "--batch_size",
+                           str(NUM_MEM_TOKENS), "--memory_type", trained["memory_type"], "--d_mem", str(D_MEM),
+                           "--max_n_segments", "6", "--num_valid_samples", "4", "--batch_size",
                            "2", "--validate_only", "--model_cpt", str(model_cpt), "--model_path", str(results)])
         (record,) = read_results(results / RESULTS_FILE)
         return record
@@ -219,10 +246,10 @@ def test_model_cpt_takes_a_model_folder_as_it_takes_the_run_folder(exported, tmp
     assert from_folder["trained_n_segments"] == from_run["trained_n_segments"] == 5
 
 
-def test_model_cpt_refuses_a_model_folder_of_another_memory(exported, tmp_path, capsys):
+def test_model_cpt_refuses_a_model_folder_of_another_memory(exported_tokens, tmp_path, capsys):
     from babilong import experiment as run_babilong
-    run_dir, out = exported
-    trained = json.loads((run_dir / CONFIG_FILE).read_text())["args"]
+    run_dir, out = exported_tokens
+    trained = trained_args(run_dir)
     with pytest.raises(SystemExit) as exited:
         run_babilong.main(["--task", "qa1", "--babi_path", trained["babi_path"], "--model_type", trained["model_type"],
                            "--model_cfg", trained["model_cfg"], "--input_size", str(INPUT_SIZE), "--num_mem_tokens",
@@ -242,6 +269,28 @@ def story(babi_path: Path, n_background: int) -> tuple:
     return context, sample.question
 
 
+def own_prediction(loaded: tuple, context: str, question: str) -> tuple:
+    """(answer text, probability or None, prompt ids) of the model itself, without babilong.answer: the encoder's
+    top label over the prompt, the decoder's greedy generation after prompt + GEN decoded as answer decodes it."""
+    model_type, tokenizer, model, labels = loaded
+    pieces = (context, question) if model_type == "encoder" else (context, question, GEN_TEXT)
+    ids = prompt_ids(tokenizer, *pieces)
+    model.max_n_segments = -(-len(ids) // model.segment_size)
+    with torch.no_grad():
+        if model_type == "encoder":
+            probabilities = model(input_ids=ids[None]).logits[0].softmax(-1)
+            return labels[int(probabilities.argmax())], float(probabilities.max()), ids
+        longest = max(len(tokenizer.encode(label, add_special_tokens=False)) for label in labels)
+        generated = model.generate(ids[None], max_new_tokens=longest + 1, eos_token_id=eos_token_id(tokenizer),
+                                   pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    return tokenizer.decode(generated[0], skip_special_tokens=True).strip(), None, ids
+
+
+def progress_counts(stderr: str) -> list:
+    """The (done, total) counts that the segments progress bar showed, in order."""
+    return [(int(done), int(total)) for done, total in re.findall(r"segments: +\d+%\|[^|]*\| (\d+)/(\d+)", stderr)]
+
+
 def test_answer_gives_the_models_own_prediction_for_a_long_story(exported):
     run_dir, out = exported
     context, question = story(run_dir.parent.parent / "babi", n_background=40)
@@ -250,25 +299,57 @@ def test_answer_gives_the_models_own_prediction_for_a_long_story(exported):
                              str(out.parent / "story.txt"), "--question", question], env=OFFLINE_ENV,
                             capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    model_type, tokenizer, model, labels = load_model_folder(out)
-    expected = answer_question(out, context, question, show_progress=False,
-                               loaded=(model_type, tokenizer, model, labels))
-    assert expected.n_segments > 5  # the story is read over many segments
-    ids = prompt_ids(tokenizer, context, question)
-    if model_type == "encoder":
-        model.max_n_segments = -(-len(ids) // model.segment_size)
-        with torch.no_grad():
-            probabilities = model(input_ids=ids[None]).logits[0].softmax(-1)
-        assert expected.text == labels[int(probabilities.argmax())]
-        assert expected.probability == pytest.approx(float(probabilities.max()))
+    loaded = load_model_folder(out)
+    text, probability, ids = own_prediction(loaded, context, question)
+    n_segments = -(-len(ids) // loaded[2].segment_size)
+    assert n_segments > 5  # the story is read over many segments
     answer_line = re.fullmatch(r"answer: (.*?)( \(probability ([0-9.]+)\))?", result.stdout.splitlines()[0])
-    assert answer_line.group(1) == expected.text
-    if model_type == "encoder":
-        assert float(answer_line.group(3)) == pytest.approx(expected.probability, abs=1e-4)
+    assert answer_line.group(1) == text
+    if probability is not None:
+        assert float(answer_line.group(3)) == pytest.approx(probability, abs=1e-4)
     speed = re.fullmatch(r"read ([0-9,]+) tokens in (\d+) segments in [0-9.]+ s: [0-9,]+ tokens/s",
                          result.stdout.splitlines()[1])
-    assert int(speed.group(1).replace(",", "")) == expected.n_tokens and int(speed.group(2)) == expected.n_segments
-    assert "segments" in result.stderr  # the progress bar
+    assert int(speed.group(1).replace(",", "")) == len(ids) and int(speed.group(2)) == n_segments
+    counts = progress_counts(result.stderr)
+    assert counts[-1] == (n_segments, n_segments) and all(total == n_segments for _, total in counts)
+
+
+def test_evaluate_official_scores_a_model_folder_as_its_run_folder(exported, tmp_path, capsys):
+    from test_evaluate_official import make_dataset  # the official layout
+    run_dir, out = exported
+    dataset = make_dataset(tmp_path / "babilong", lengths=("0k", "4k"))
+    written = {}
+    for name, model_cpt in (("run", run_dir), ("folder", out)):
+        result = run_in_process(official.main, ["--model_cpt", model_cpt, "--dataset", dataset, "--lengths", "0k,4k",
+                                                "--tasks", "qa1,qa5", "--out", tmp_path / name], capsys)
+        assert result.returncode == 0, result.stderr
+        written[name] = {path.name: path.read_text() for path in sorted((tmp_path / name).iterdir())}
+    assert {"qa1_0k.csv", "qa5_4k.csv", "summary.json", "summary.md"} <= set(written["folder"])
+    assert written["folder"] == written["run"]
+
+
+def test_export_push_to_hub_uploads_the_card_and_the_plot_with_the_model(exported_tokens, tmp_path, monkeypatch):
+    import huggingface_hub
+    run_dir, _ = exported_tokens
+    uploads = []
+
+    class RecordingApi:  # the hub calls of push_folder, recorded instead of sent
+        def create_repo(self, repo_id, **kwargs):
+            return SimpleNamespace(repo_id=repo_id)
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            files = {path.name: path.read_bytes() for path in Path(folder_path).iterdir()}
+            uploads.append({"repo_id": repo_id, "folder": Path(folder_path), "files": files})
+            return f"https://huggingface.co/{repo_id}/commit/0"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    export.main([str(run_dir), "--out", str(tmp_path / "model"), "--push_to_hub", "user/rmt-qa1"])
+    (upload,) = uploads
+    assert upload["repo_id"] == "user/rmt-qa1" and upload["folder"] == tmp_path / "model"
+    assert {export.CARD_FILE, export.PLOT_FILE, "config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json"} <= set(upload["files"])
+    assert upload["files"][export.CARD_FILE].decode().startswith("---\nlibrary_name: transformers")
+    assert upload["files"][export.PLOT_FILE].startswith(b"\x89PNG")
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------
@@ -315,6 +396,17 @@ def bad_folder(exported_folder: Path, tmp_path: Path, case: str) -> Path:
         edit_config(folder, architectures=["evil.Evil"])
     elif case == "unknown_backbone":
         edit_config(folder, backbone_model_config={"model_type": "evil"})
+    elif case == "partial_tokenizer":
+        (folder / "tokenizer.json").unlink()  # tokenizer_config.json stays
+    elif case == "unknown_tokenizer_class":
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config["tokenizer_class"] = "EvilTokenizer"
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    elif case == "corrupt_weights":
+        (folder / "model.safetensors").write_bytes(b"not safetensors at all")
+    elif case == "truncated_weights":
+        weights = (folder / "model.safetensors").read_bytes()
+        (folder / "model.safetensors").write_bytes(weights[:len(weights) // 2])
     elif case == "tokenizer_auto_map":
         config = json.loads((folder / "tokenizer_config.json").read_text())
         config["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
@@ -332,6 +424,10 @@ BAD_FOLDERS = [
     ("architectures", "architectures ['evil.Evil']: expected ["),
     ("unknown_backbone", "backbone model_type 'evil': expected a transformers model type"),
     ("tokenizer_auto_map", "tokenizer_config.json has auto_map"),
+    ("partial_tokenizer", "has no tokenizer.json and no vocab.txt: expected the vocabulary of its BertTokenizer"),
+    ("unknown_tokenizer_class", "tokenizer_class 'EvilTokenizer': expected a tokenizer class of transformers"),
+    ("corrupt_weights", "model.safetensors is not a readable safetensors file"),
+    ("truncated_weights", "model.safetensors is not a readable safetensors file"),
 ]
 
 
@@ -343,9 +439,9 @@ def one_line_exit_2(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize("case, message", BAD_FOLDERS)
-def test_answer_refuses_a_bad_model_folder_without_importing_from_it(exported, tmp_path, case, message, capsys,
+def test_answer_refuses_a_bad_model_folder_without_importing_from_it(exported_tokens, tmp_path, case, message, capsys,
                                                                      monkeypatch):
-    _, out = exported
+    _, out = exported_tokens
     folder = bad_folder(out, tmp_path, case)
     marker = tmp_path / "imported.txt"
     booby_trapped(folder, marker)
@@ -359,8 +455,8 @@ def test_answer_refuses_a_bad_model_folder_without_importing_from_it(exported, t
     assert not {"evil", "modeling_evil", "configuration_evil"} & set(sys.modules)
 
 
-def test_the_answer_command_refuses_a_folder_that_would_import_its_own_code(exported, tmp_path):
-    _, out = exported
+def test_the_answer_command_refuses_a_folder_that_would_import_its_own_code(exported_tokens, tmp_path):
+    _, out = exported_tokens
     folder = bad_folder(out, tmp_path, "auto_map")
     marker = tmp_path / "imported.txt"
     booby_trapped(folder, marker)
@@ -372,9 +468,9 @@ def test_the_answer_command_refuses_a_folder_that_would_import_its_own_code(expo
     assert not marker.exists()
 
 
-def test_evaluate_official_refuses_a_bad_model_folder(exported, tmp_path):
+def test_evaluate_official_refuses_a_bad_model_folder(exported_tokens, tmp_path):
     from test_evaluate_official import make_dataset  # the official layout
-    _, out = exported
+    _, out = exported_tokens
     folder = bad_folder(out, tmp_path, "auto_map")
     marker = tmp_path / "imported.txt"
     booby_trapped(folder, marker)
@@ -390,8 +486,8 @@ def test_evaluate_official_refuses_a_bad_model_folder(exported, tmp_path):
     (b"\xff\xfe\x00\x01binary", "is not UTF-8 text"),
     (b"text with a \x00 NUL byte", "holds NUL bytes"),
 ])
-def test_answer_refuses_a_context_that_is_not_text(exported, tmp_path, content, message, capsys):
-    _, out = exported
+def test_answer_refuses_a_context_that_is_not_text(exported_tokens, tmp_path, content, message, capsys):
+    _, out = exported_tokens
     (tmp_path / "context.bin").write_bytes(content)
     result = run_in_process(answer_main, [out, "--context", tmp_path / "context.bin", "--question", "Where is Mary?"], capsys)
     assert message in one_line_exit_2(result)
