@@ -125,11 +125,10 @@ def check_tokenizer(folder: Path) -> None:
         raise BadInputError(f"{folder / TOKENIZER_CONFIG_FILE} has auto_map {tokenizer_config['auto_map']!r}: expected "
                             "no remote code")
     name = tokenizer_config.get("tokenizer_class")
-    vocabulary = [file for key, file in tokenizer_class(folder, name).vocab_files_names.items()
-                  if key != "tokenizer_file"]
+    vocabulary = tokenizer_class(folder, name).vocab_files_names
     if (folder / TOKENIZER_FILE).is_file():
         return
-    missing = [file for file in vocabulary if not (folder / file).is_file()]
+    missing = [file for key, file in vocabulary.items() if key != "tokenizer_file" and not (folder / file).is_file()]
     if missing:
         raise BadInputError(f"{str(folder)!r} has no {TOKENIZER_FILE} and no {', '.join(missing)}: expected the "
                             f"vocabulary of its {name} saved with the model")
