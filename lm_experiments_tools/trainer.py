@@ -472,6 +472,8 @@ class Trainer:
                 f"nothing recorded")
         if write_tb:
             self._write_scalars(metrics, split)
+            if self._tb is not None:  # a caller's last validation (the test split) is on disk when it returns
+                self._tb.flush()
         shown = " | ".join(f"{name} {value:.4g}" for name, value in metrics.items())
         self._log(f"step {self.n_iter} {split}: {shown}")
         return metrics

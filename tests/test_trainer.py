@@ -265,3 +265,28 @@ def test_tensorboard_tags_and_lr_schedule(tmp_path):
         assert event.value == pytest.approx(0.1 * factor, abs=1e-7)
     samples = [event.step for event in events.Scalars("loss/samples/train")]
     assert samples == [2 * 4 * n for n in range(1, 7)]  # 4 samples per step
+
+
+class RecordingWriter:
+    """Stands in for the SummaryWriter: records the order of writes and flushes."""
+
+    def __init__(self):
+        self.calls = []
+
+    def add_scalar(self, tag, value, step):
+        self.calls.append(("add_scalar", tag))
+
+    def flush(self):
+        self.calls.append(("flush", None))
+
+
+def test_validation_scalars_are_flushed_when_validate_returns(tmp_path):
+    """A caller that validates after train() (the test split) and then snapshots the run folder sees the scalars:
+    validate() flushes the writer rather than leaving the last writes to its background thread."""
+    trainer = build_trainer(TrainerArgs(model_path=str(tmp_path), iters=4, batch_size=4, lr=0.1))
+    trainer.train()
+    trainer._tb = RecordingWriter()
+    trainer.validate(trainer.batch_stream.dataloader, split="test")
+    calls = trainer._tb.calls
+    assert ("add_scalar", "loss/iterations/test") in calls
+    assert calls[-1] == ("flush", None)
