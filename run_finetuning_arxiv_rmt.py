@@ -25,7 +25,12 @@ load, ...), 1 for failures at run time (a full disk, non-finite weights or metri
 results.json). The experiment is `arxiv_lm.experiment` (options in `arxiv_lm.run_args`); what it shares with
 run_finetuning_babilong_rmt.py is in `rmt_experiments`, the Trainer and its run plumbing in `lm_experiments_tools`.
 """
-from arxiv_lm.experiment import main
+import signal
 
 if __name__ == "__main__":
+    # Ctrl-C while torch and transformers load (seconds) ends the process at once: nothing has started, and a
+    # KeyboardInterrupt there would end in a traceback, since `main` turns it into its one line only once it runs
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    from arxiv_lm.experiment import main
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     main()

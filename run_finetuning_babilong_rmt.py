@@ -37,7 +37,12 @@ full disk, non-finite weights). The experiment is `babilong.experiment` (options
 `babilong.stages`, metrics in `babilong.metrics`); what it shares with run_finetuning_arxiv_rmt.py is in
 `rmt_experiments`, the Trainer and its run plumbing in `lm_experiments_tools`.
 """
-from babilong.experiment import main
+import signal
 
 if __name__ == "__main__":
+    # Ctrl-C while torch and transformers load (seconds) ends the process at once: nothing has started, and a
+    # KeyboardInterrupt there would end in a traceback, since `main` turns it into its one line only once it runs
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    from babilong.experiment import main
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     main()

@@ -11,6 +11,7 @@ import signal
 BAD_INPUT_EXIT_CODE = 2
 RUN_FAILURE_EXIT_CODE = 1
 INTERRUPT_EXIT_CODE = 128 + signal.SIGINT  # 130: what shells report for a command ended by Ctrl-C
+FAILURE_REPORTS_ENV = "LM_TOOLS_FAILURE_REPORTS"  # set by lm_experiments_tools.launcher: where processes report
 
 
 def interrupt_exit_code() -> int:

@@ -34,6 +34,7 @@ import platform
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -41,7 +42,8 @@ from pathlib import Path
 
 from .checkpoint import CheckpointError, find_latest_checkpoint
 from .distributed import MainProcessRefused, decide_on_main_process, exit_after_failure, get_distributed_rank
-from .errors import BAD_INPUT_EXIT_CODE, RUN_FAILURE_EXIT_CODE, BadInputError, interrupt_exit_code
+from .errors import (BAD_INPUT_EXIT_CODE, FAILURE_REPORTS_ENV, RUN_FAILURE_EXIT_CODE, BadInputError,
+                     interrupt_exit_code)
 from .run_config import CONFIG_FILE, GIT_DIFF_FILE
 
 logger = logging.getLogger(__name__)
@@ -288,6 +290,26 @@ def raise_on_parse_errors(parser):
     return parser
 
 
+def report_failure(line: str, exit_code: int) -> None:
+    """Print the one line of this process's failure on stderr, prefixed with its rank in a multi-process run.
+
+    Under lm_experiments_tools.launcher the line goes to the launcher's report folder instead (written whole, by
+    rename), and the launcher prints each distinct line of the run's processes once."""
+    folder = os.environ.get(FAILURE_REPORTS_ENV)
+    if folder and Path(folder).is_dir():
+        rank = get_distributed_rank()
+        report = {"rank": rank, "line": line, "exit_code": exit_code, "time": time.time()}
+        path = Path(folder) / f"rank{rank}.json"
+        try:
+            temporary = path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(report))
+            os.replace(temporary, path)
+            return
+        except OSError:
+            pass  # the launcher then names this process's exit code; the line itself still reaches stderr
+    print(f"{_process_label()}{line}", file=sys.stderr, flush=True)
+
+
 def write_error_log(folder, error: BaseException) -> Path:
     """Append the traceback of `error` to folder/error.log (error.rank{R}.log on other ranks); when the folder
     does not exist or cannot be written, to a file in the temporary folder. Returns the file written."""
@@ -358,6 +380,6 @@ def exit_with_one_line(run_folder: Callable[[], str | None] | str | None = None,
         if (folder is not None and Path(folder).is_dir()) or not isinstance(error, BadInputError):
             where = f" (traceback: {write_error_log(folder, error)})"
         logging.shutdown()  # flush log handlers, so that nothing is printed after the error line
-        print(f"{_process_label()}error: {describe_failure(error, folder)}{where}", file=sys.stderr, flush=True)
+        report_failure(f"error: {describe_failure(error, folder)}{where}", code)
         # the other processes may never reach the exit barrier of a normal ending: tear down as a failure now
         exit_after_failure(code)

@@ -55,23 +55,25 @@ if [[ -n $ACCELERATE_CONFIG ]]; then
 " expected NO, MULTI_CPU or MULTI_GPU (the Trainer runs torch DDP)"
 fi
 
-# Runs torchrun with its arguments. torchrun gets its own process group, so that Ctrl-C (SIGINT to the terminal's
-# foreground group) reaches this shell only, which passes it on to the workers, torchrun's children: their main
-# process reports in one line what was saved, and they exit 0, so torchrun ends without a traceback; this shell then
-# exits 130. Only the workers know whether a checkpoint was saved, so this shell adds no line of its own.
+# Runs `python -m lm_experiments_tools.launcher COMMAND...`: torchrun or accelerate launch, whose failure ends as the
+# processes' one line and exit code (2 for bad input, 1 for a failure) instead of the launcher's own report. It gets
+# its own process group, so that Ctrl-C (SIGINT to the terminal's foreground group) reaches this shell only, which
+# passes it on to the workers, the launcher's children: their main process reports in one line what was saved, and
+# they exit 0 (130 for a single process under accelerate), so the launcher ends without a traceback; this shell
+# then exits 130. Only the workers know whether a checkpoint was saved, so this shell adds no line of its own.
 # (Interrupted itself, torchrun would print a traceback of its own.) A shell started with SIGINT ignored (a
 # background job of a script) cannot trap it: Ctrl-C does not reach such a run, SIGTERM to the workers stops it.
-_torchrun() {
+_run_launcher() {
     local pid status interrupted=0
     set -m
-    torchrun "$@" &
+    python -m lm_experiments_tools.launcher "$@" &
     pid=$!
     set +m
     trap 'interrupted=1; pkill -INT -P "$pid" || true' INT
     while :; do
         status=0
         wait "$pid" || status=$?
-        kill -0 "$pid" 2>/dev/null || break  # a wait cut short by the trap leaves torchrun running
+        kill -0 "$pid" 2>/dev/null || break  # a wait cut short by the trap leaves the launcher running
     done
     trap - INT
     (( ! interrupted )) || exit 130
@@ -82,14 +84,14 @@ launch() {
     local entry_point=$1
     shift
     if [[ $LAUNCHER == torchrun ]]; then
-        _torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" \
+        _run_launcher torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" \
             --master_port "$MASTER_PORT" --nproc_per_node "$NP" "$entry_point" "$@"
         return
     fi
     local processes=$(( NP * NNODES ))
     local multi_process=()
     (( processes == 1 )) || multi_process=(--multi_gpu --gpu_ids all)  # torch DDP; gloo on machines without CUDA
-    accelerate launch ${ACCELERATE_CONFIG:+--config_file "$ACCELERATE_CONFIG"} "${multi_process[@]}" \
+    _run_launcher accelerate launch ${ACCELERATE_CONFIG:+--config_file "$ACCELERATE_CONFIG"} "${multi_process[@]}" \
         --num_processes "$processes" --num_machines "$NNODES" --machine_rank "$NODE_RANK" \
         --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" --same_network \
         --mixed_precision no --dynamo_backend no "$entry_point" "$@"

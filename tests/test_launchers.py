@@ -1,10 +1,12 @@
 """The launch variables of every launcher in scripts/ (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, LAUNCHER,
 ACCELERATE_CONFIG) and the Slurm example, checked on the commands they build: stub `torchrun`, `accelerate`,
-`srun` and `scontrol` on PATH record what they are given instead of starting anything."""
+`srun` and `scontrol` on PATH record what they are given instead of starting anything (a `python` in front of
+the real one runs `python -m lm_experiments_tools.launcher LAUNCHER ARGS` as `LAUNCHER ARGS`, i.e. the stub)."""
 import os
 import shlex
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,10 @@ nodes=1
 while [[ $1 == -* ]]; do [[ $1 == --nodes=* ]] && nodes=${1#--nodes=}; shift; done
 for (( node = 0; node < nodes; node++ )); do SLURM_NODEID=$node SLURM_PROCID=$node "$@" || exit; done
 """
+STUB_PYTHON = f"""#!/usr/bin/env bash
+if [[ $1 == -m && $2 == lm_experiments_tools.launcher ]]; then shift 2; exec "$@"; fi
+exec {shlex.quote(sys.executable)} "$@"
+"""
 LAUNCH_VARIABLES = {"NP", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "LAUNCHER", "ACCELERATE_CONFIG"}
 STUB_SCONTROL = '#!/usr/bin/env bash\n[[ "$1 $2" == "show hostnames" ]] && printf "gpu-017\\ngpu-018\\n"\n'
 
@@ -41,7 +47,7 @@ def stubs(tmp_path):
     folder = tmp_path / "bin"
     folder.mkdir()
     for name, text in {"torchrun": RECORDER, "accelerate": RECORDER, "srun": STUB_SRUN,
-                       "scontrol": STUB_SCONTROL}.items():
+                       "scontrol": STUB_SCONTROL, "python": STUB_PYTHON}.items():
         (folder / name).write_text(text)
         (folder / name).chmod(0o755)
     return folder, tmp_path / "stub.log"

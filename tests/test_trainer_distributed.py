@@ -249,8 +249,9 @@ def test_every_ending_tears_the_process_group_down(tmp_path, ending, flags, expe
     else:
         # a failing process cannot join its gloo threads: it ends at once, before the exit handlers registered
         # ahead of the process group (the report's) and before an interpreter shutdown that those threads could abort
-        assert "failing on purpose on batch 4 of rank 1" in output
-        assert set(re.findall(r"exitcode\s*:\s*(-?\d+)", output)) == {"1"}, output[-3000:]  # torchrun's table
+        assert "failing on purpose on batch 4 of rank 1" in output  # the test script's own traceback
+        # the launcher names the first process to fail and its code (an abort would be SIGABRT, see also finish)
+        assert re.search(r"^error: process of rank \d exited with code 1 without a report", output, re.M), output[-3000:]
         assert not list(tmp_path.glob("exit.rank*.json"))
 
 
