@@ -17,7 +17,8 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 from rmt_experiments.offline_model import offline_model_path
 from modeling_rmt import RMTEncoderForSequenceClassification
-from modeling_rmt.associative import MEMORY_TYPES, associative_parameters
+from modeling_rmt.associative import associative_parameters
+from modeling_rmt.memory_config import MEMORY_TYPES
 
 N_VALUES, N_KEYS = 6, 8
 KEY_IDS, VALUE_IDS, FILLER_IDS = range(2000, 2000 + N_KEYS), range(3000, 3000 + N_VALUES), (4000, 5000)

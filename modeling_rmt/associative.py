@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeling_rmt.memory_config import MEMORY_TYPES  # noqa: F401 (the memory types, imported from here by runs.py)
-
 DPFP_NU = 3  # DPFP-3: 2 * 3 = 6 features per key dimension
 EPS = 1e-5
 

@@ -13,8 +13,7 @@ from lm_experiments_tools.flags import help_field
 from lm_experiments_tools.optimizers import get_optimizer
 from lm_experiments_tools.runs import parse_dataclasses
 from lm_experiments_tools.trainer_args import TrainerArgs
-from modeling_rmt.associative import MEMORY_TYPES
-from modeling_rmt.memory_config import FULL_BPTT
+from modeling_rmt.memory_config import FULL_BPTT, MEMORY_TYPES
 
 from .checkpoints import is_model_folder
 from .memory_options import memory_config, parameter_groups
@@ -100,8 +99,8 @@ def check_args(args: RunArgs, trainer_args: TrainerArgs) -> None:
         also = " or a model folder written by python -m babilong.export" if args.accepts_model_folders else ""
         raise BadInputError(f"--model_cpt {args.model_cpt!r} has no {BEST_CHECKPOINT_NAME}: expected a run folder "
                             f"written with --save_best{also}")
-    args.check(trainer_args)
     memory_config(args, args.memory_layout)  # the memory settings, checked as the wrappers check them
+    args.check(trainer_args)
 
 
 def parse_args(args_cls: type, argv=None) -> tuple:

@@ -2,8 +2,10 @@
 and a random GPT-2 decoder over the offline MiniLM vocabulary), the variations that some tests need, named here,
 and fixtures that write them as config files; helpers of the tests that start commands."""
 import json
+import shlex
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,15 @@ def default_sigint() -> None:
     inherited. A test suite started as a background job of a shell without job control has SIGINT ignored, and
     its children would inherit that (bash cannot even trap a signal ignored at its start)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def stub_the_launchers_python(folder: Path) -> None:
+    """Write folder/python: `python -m lm_experiments_tools.launcher COMMAND...` (how scripts/launch.sh starts
+    torchrun and accelerate) runs COMMAND itself, so that stub `torchrun` and `accelerate` commands in `folder`
+    stand in for the real ones; every other use runs this interpreter. `folder` must come first on PATH."""
+    path = Path(folder) / "python"
+    path.write_text(f"""#!/usr/bin/env bash
+if [[ $1 == -m && $2 == lm_experiments_tools.launcher ]]; then shift 2; exec "$@"; fi
+exec {shlex.quote(sys.executable)} "$@"
+""")
+    path.chmod(0o755)

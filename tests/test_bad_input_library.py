@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import HfArgumentParser
 
+from conftest import stub_the_launchers_python
 from lm_experiments_tools import NonFiniteWeightsError, TrainerArgs
 from lm_experiments_tools.checkpoint import (BEST_CHECKPOINT_NAME, CheckpointError, CheckpointWriteError,
                                              find_latest_checkpoint, load_checkpoint, save_checkpoint)
@@ -357,6 +358,7 @@ def _run_launcher(launcher: Path, tmp_path: Path, **variables) -> subprocess.Com
     fake = bin_dir / "torchrun"
     fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
     fake.chmod(0o755)
+    stub_the_launchers_python(bin_dir)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RUNS_DIR": str(tmp_path / "runs"), **variables}
     return subprocess.run(["bash", str(launcher)], env=env, capture_output=True, text=True, timeout=30)
 

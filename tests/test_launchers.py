@@ -1,15 +1,16 @@
 """The launch variables of every launcher in scripts/ (NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, LAUNCHER,
 ACCELERATE_CONFIG) and the Slurm example, checked on the commands they build: stub `torchrun`, `accelerate`,
-`srun` and `scontrol` on PATH record what they are given instead of starting anything (a `python` in front of
-the real one runs `python -m lm_experiments_tools.launcher LAUNCHER ARGS` as `LAUNCHER ARGS`, i.e. the stub)."""
+`srun` and `scontrol` on PATH record what they are given instead of starting anything (with
+`conftest.stub_the_launchers_python`)."""
 import os
 import shlex
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import stub_the_launchers_python
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO_ROOT / "scripts"
@@ -33,10 +34,6 @@ nodes=1
 while [[ $1 == -* ]]; do [[ $1 == --nodes=* ]] && nodes=${1#--nodes=}; shift; done
 for (( node = 0; node < nodes; node++ )); do SLURM_NODEID=$node SLURM_PROCID=$node "$@" || exit; done
 """
-STUB_PYTHON = f"""#!/usr/bin/env bash
-if [[ $1 == -m && $2 == lm_experiments_tools.launcher ]]; then shift 2; exec "$@"; fi
-exec {shlex.quote(sys.executable)} "$@"
-"""
 LAUNCH_VARIABLES = {"NP", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "LAUNCHER", "ACCELERATE_CONFIG"}
 STUB_SCONTROL = '#!/usr/bin/env bash\n[[ "$1 $2" == "show hostnames" ]] && printf "gpu-017\\ngpu-018\\n"\n'
 
@@ -47,9 +44,10 @@ def stubs(tmp_path):
     folder = tmp_path / "bin"
     folder.mkdir()
     for name, text in {"torchrun": RECORDER, "accelerate": RECORDER, "srun": STUB_SRUN,
-                       "scontrol": STUB_SCONTROL, "python": STUB_PYTHON}.items():
+                       "scontrol": STUB_SCONTROL}.items():
         (folder / name).write_text(text)
         (folder / name).chmod(0o755)
+    stub_the_launchers_python(folder)
     return folder, tmp_path / "stub.log"
 
 
