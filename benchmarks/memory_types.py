@@ -7,7 +7,7 @@ measured step), for three memories on the same random-weight backbone:
 - associative: 10 write tokens and every layer's key-value memory, d_mem 64 (ARMT).
 
 Encoder: the offline MiniLM config (6 layers, hidden 384), input 512, batch 1 and 16, 8 and 64 segments,
-inference (no grad) and training (forward + backward, full BPTT), plus the inference-memory flatness check at 8 vs
+inference (no grad) and training (forward + backward, full BPTT; batch 16 over 2 segments, see GRID), plus the inference-memory flatness check at 8 vs
 256 segments. Decoder: the GPT-2 small config (12 layers, hidden 768), input 128. The targets: associative time per
 segment at most 1.3x the memory tokens'; associative inference memory at 256 segments at most 1.1x that at 8.
 
@@ -32,9 +32,10 @@ D_MEM = 64
 FIRST_CONTENT_ID = 1000  # random tokens from here on avoid [CLS]/[SEP]/[PAD] and [unused] ids
 LAST_CONTENT_ID = 30000  # below MiniLM's vocabulary of 30522
 MEMORIES = ("bare", "tokens", "associative")
-# (model, mode, batch size, segments): the issue's grid; full BPTT at 64 segments and batch 16 would need tens of GiB
-GRID = [("encoder", mode, batch, n) for mode in ("inference", "training") for batch in (1, 16) for n in (8, 64)
-        if not (mode == "training" and batch == 16 and n == 64)]
+# (model, mode, batch size, segments). Training at batch 16 keeps every segment's activations for full BPTT: at 8
+# segments the step outgrew 24 GiB and was killed, so batch 16 trains over 2 segments here
+GRID = [("encoder", "inference", batch, n) for batch in (1, 16) for n in (8, 64)]
+GRID += [("encoder", "training", 1, 8), ("encoder", "training", 1, 64), ("encoder", "training", 16, 2)]
 GRID += [("encoder", "inference", 1, 256), ("decoder", "inference", 1, 8), ("decoder", "inference", 1, 64),
          ("decoder", "training", 1, 8)]
 QUICK_GRID = [("encoder", "inference", 1, 2), ("encoder", "training", 1, 2), ("encoder", "inference", 1, 4),
@@ -165,12 +166,12 @@ def main(argv=None):
     rows = {}
     for setting in (QUICK_GRID if args.quick else GRID):
         rows[setting] = {memory: measure(setting, memory, args.threads) for memory in MEMORIES}
-        print(f"measured {setting}", file=sys.stderr, flush=True)
+        print(f"measured {setting}: {json.dumps(rows[setting])}", file=sys.stderr, flush=True)
+        if args.json:  # after every setting: a grid stopped halfway keeps what it measured
+            with open(args.json, "w") as file:
+                json.dump([{"setting": list(k), **v} for k, v in rows.items()], file, indent=1)
     print_table(rows)
     print_flatness(rows)
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump([{"setting": list(k), **v} for k, v in rows.items()], file, indent=1)
     return 0
 
 
