@@ -4,11 +4,14 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import answer_memory  # noqa: E402  (a script folder, not a package)
 
 
+@pytest.mark.slow
 def test_the_benchmark_gives_a_finite_ratio_per_row(tmp_path):
     settings = [("encoder", "tokens"), ("decoder", "associative")]
     rows = answer_memory.measure(tmp_path, segments=(3, 1), settings=settings, input_size=64, tiny=True)

@@ -86,6 +86,7 @@ def test_batched_evaluation_matches_batch_1_over_many_segments(large_init_bert):
     assert single_logits.std(0).min() > 0.1  # the samples do differ: equal predictions are not trivially equal
 
 
+@pytest.mark.slow
 def test_long_eval_benchmark_reports_each_batch_size(tiny_run, tmp_path, capsys):
     own_results = (tiny_run / "results.jsonl").read_text()
     code = babilong_long_eval.main(["--model_cpt", str(tiny_run), "--lengths", str(12 * (INPUT_SIZE - 5)),

@@ -44,6 +44,7 @@ def test_show_bad_input_exits_2_with_one_line(capsys, argv, message):
     assert message in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_show_command_line_exit_code_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "babilong.show", "--task", "qa1", "--input_seq_len", "100",
                              "--babi_path", str(tmp_path)], capture_output=True, text=True, timeout=120)

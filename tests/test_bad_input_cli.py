@@ -386,6 +386,7 @@ def _wait_for(path: Path, process: subprocess.Popen, stderr_file: Path) -> None:
 STOP_EXIT_CODES = {signal.SIGKILL: -signal.SIGKILL, signal.SIGTERM: 0, signal.SIGINT: 130}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill", list(STOP_EXIT_CODES), ids=["kill -9", "SIGTERM", "Ctrl-C"])
 def test_killed_curriculum_resumes_without_redoing_finished_stages(configs, tmp_path, capsys, kill):
     model_path = tmp_path / "seg{n_segments}"
@@ -409,6 +410,7 @@ def test_killed_curriculum_resumes_without_redoing_finished_stages(configs, tmp_
     _note("finished: nothing retrained, no record added")
 
 
+@pytest.mark.slow
 def test_torchrun_child_error_is_its_last_line_and_the_exit_code_is_not_zero(configs, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1",

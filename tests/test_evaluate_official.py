@@ -214,6 +214,7 @@ def test_a_run_folder_gives_only_architecture_arguments(tmp_path, monkeypatch):
     assert seen["optimizer"] == "AdamW" and seen["noise_dataset"] == "default" and seen["input_size"] == 32
 
 
+@pytest.mark.slow
 def test_cli_refuses_os_system_in_a_run_folder(tmp_path):
     dataset = make_dataset(tmp_path / "babilong", lengths=("0k",))
     run_dir = fake_run_folder(tmp_path / "run", backbone_cls="os:system")
@@ -224,6 +225,7 @@ def test_cli_refuses_os_system_in_a_run_folder(tmp_path):
     assert result.returncode == 2 and len(lines) == 1 and "'os:system' is not a registered class" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_run_folder_shipping_its_own_module_cannot_run_it(tmp_path):
     """The probe of issue 27: a downloaded folder `evilrun` with payload.py and model_cls "evilrun.payload:X",
     evaluated from its parent folder, where `python -m` puts the working folder first on sys.path."""

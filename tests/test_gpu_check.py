@@ -46,6 +46,7 @@ def without_offline_packages(folder: Path) -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO_ROOT)]), "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_without_a_gpu_one_line_and_exit_0():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     completed = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_check.sh")], env=env,

@@ -95,6 +95,7 @@ def interrupt_in_setup(command: list, pipe: Path, n_processes: int, signal_targe
     return process.returncode, output.splitlines()
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_setup_of_a_direct_run_exits_130_with_one_line(tmp_path):
     pipe = babi_with_a_pipe(tmp_path / "babi")
     code, lines = interrupt_in_setup([sys.executable, ENTRY_SCRIPT, *run_args(tmp_path)], pipe, 1,

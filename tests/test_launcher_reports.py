@@ -68,21 +68,25 @@ def test_a_process_without_a_report_is_named_with_its_signal_or_code():
     assert "rank 0 exited with code 7" in describe_unreported(0, 7)
 
 
+@pytest.mark.slow
 def test_two_processes_refusing_the_same_input_end_as_one_line_and_exit_code_2(tmp_path):
     code, lines = launch(tmp_path, "same")
     assert (code, lines) == (2, ["error: batch_size=-3 is invalid"])
 
 
+@pytest.mark.slow
 def test_processes_with_different_causes_each_say_theirs_once(tmp_path):
     code, lines = launch(tmp_path, "differ")
     assert (code, lines) == (2, ["rank 0: error: shard 0 is empty", "rank 1: error: shard 1 is empty"])
 
 
+@pytest.mark.slow
 def test_a_killed_process_is_named_in_one_line_with_exit_code_1(tmp_path):
     code, lines = launch(tmp_path, "killed")
     assert code == 1 and len(lines) == 1 and "rank 1 was killed by SIGKILL" in lines[0], lines
 
 
+@pytest.mark.slow
 def test_a_command_that_is_not_a_launcher_is_refused_in_one_line():
     finished = subprocess.run([sys.executable, "-m", "lm_experiments_tools.launcher", "mpirun", "-n", "2"],
                               capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -102,6 +106,7 @@ def test_a_refused_flag_through_scripts_launch_sh_is_one_line_and_exit_code_2(la
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_the_entry_script_loads_its_libraries_ends_it_at_once_without_a_traceback():
     process = subprocess.Popen([sys.executable, "run_finetuning_babilong_rmt.py", "--task", "qa1"], cwd=REPO_ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

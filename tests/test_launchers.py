@@ -135,6 +135,7 @@ def test_multi_machine_variables_reach_the_launch_command(name, launcher, stubs,
         assert options["--gradient_accumulation_steps"] == "2"
 
 
+@pytest.mark.slow
 def test_accelerate_config_is_passed_and_one_process_is_not_multi_gpu(stubs, tmp_path):
     config = tmp_path / "accelerate.yaml"
     config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nmixed_precision: bf16\n"
@@ -147,6 +148,7 @@ def test_accelerate_config_is_passed_and_one_process_is_not_multi_gpu(stubs, tmp
     assert options["--mixed_precision"] == "no" and "--multi_gpu" not in options
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variables, expected", [
     ({"NNODES": "two"}, "error: NNODES=two: expected a positive integer"),
     ({"NNODES": "0"}, "error: NNODES=0: expected a positive integer"),
@@ -223,6 +225,7 @@ def test_segment_checkpointing_preloads_the_allocator(name, variables, preloaded
     assert ("warning: MALLOC_PRELOAD=libmissing_malloc.so cannot be loaded" in finished.stderr) == warned
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bf16, trained_in_bf16", [("1", True), ("0", False)])
 def test_offline_babilong_job_trains_under_bf16_as_asked_and_evaluates_in_float32(bf16, trained_in_bf16, stubs,
                                                                                    tmp_path):

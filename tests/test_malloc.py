@@ -28,6 +28,7 @@ print(libc.mallinfo2().hblkhd >= size)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not malloc.glibc_malloc_in_use(), reason="glibc's malloc is not this process's allocator")
 @pytest.mark.parametrize("mode, mapped", [("default", False), ("tuned", True)])
 def test_tuned_glibc_maps_large_blocks_after_a_free(mode, mapped):

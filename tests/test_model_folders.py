@@ -82,6 +82,7 @@ with torch.no_grad():
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("memory_type", ["tokens", "associative"])
 @pytest.mark.parametrize("kind", ["encoder", "decoder"])
 def test_a_saved_model_gives_the_same_logits_in_a_fresh_process(tmp_path, tokenizer, kind, memory_type):
@@ -291,6 +292,7 @@ def progress_counts(stderr: str) -> list:
     return [(int(done), int(total)) for done, total in re.findall(r"segments: +\d+%\|[^|]*\| (\d+)/(\d+)", stderr)]
 
 
+@pytest.mark.slow
 def test_answer_gives_the_models_own_prediction_for_a_long_story(exported):
     run_dir, out = exported
     context, question = story(run_dir.parent.parent / "babi", n_background=40)
@@ -455,6 +457,7 @@ def test_answer_refuses_a_bad_model_folder_without_importing_from_it(exported_to
     assert not {"evil", "modeling_evil", "configuration_evil"} & set(sys.modules)
 
 
+@pytest.mark.slow
 def test_the_answer_command_refuses_a_folder_that_would_import_its_own_code(exported_tokens, tmp_path):
     _, out = exported_tokens
     folder = bad_folder(out, tmp_path, "auto_map")
@@ -468,6 +471,7 @@ def test_the_answer_command_refuses_a_folder_that_would_import_its_own_code(expo
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_evaluate_official_refuses_a_bad_model_folder(exported_tokens, tmp_path):
     from test_evaluate_official import make_dataset  # the official layout
     _, out = exported_tokens

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENTRY_SCRIPTS = ("run_finetuning_babilong_rmt", "run_finetuning_arxiv_rmt")
 PROJECT_PACKAGES = ("lm_experiments_tools", "modeling_rmt", "rmt_experiments", "babilong", "arxiv_lm")
@@ -51,6 +53,7 @@ def test_no_module_imports_an_entry_script():
     assert not importers
 
 
+@pytest.mark.slow
 def test_modeling_rmt_imports_with_the_trainer_library_blocked():
     code = ("import sys; sys.modules['lm_experiments_tools'] = None; import modeling_rmt; "
             "assert not any(name.startswith(('lm_experiments_tools', 'rmt_experiments', 'babilong')) "
@@ -85,6 +88,7 @@ print(json.dumps(codes))
 """
 
 
+@pytest.mark.slow
 def test_every_command_answers_help_outside_the_repository(tmp_path):
     """One process runs each command as `python -m` (or the entry script by path) would, with --help; importing
     torch once keeps this fast. The entry scripts cannot be imported there, as after `pip install -e .`."""

@@ -53,6 +53,7 @@ def holder(tmp_path):
     process.wait()
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_naming_the_holder(holder):
     folder, process = holder
     result = subprocess.run(python(TRY, folder), capture_output=True, text=True, cwd=REPO_ROOT)
@@ -61,6 +62,7 @@ def test_a_second_process_is_refused_naming_the_holder(holder):
     assert len(lines) == 1 and f"in use by another run (pid {process.pid} on " in lines[0]
 
 
+@pytest.mark.slow
 def test_a_killed_holder_does_not_block(holder):
     folder, process = holder
     process.send_signal(signal.SIGKILL)
@@ -81,6 +83,7 @@ def folder_contents(folder: Path) -> dict:
     return {path.name: path.read_bytes() for path in folder.iterdir()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", [[], ["--resume"]])
 def test_the_entry_script_refuses_a_folder_in_use_before_writing(holder, tmp_path, flags):
     folder, process = holder

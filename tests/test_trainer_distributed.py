@@ -279,6 +279,7 @@ def test_processes_ending_right_after_a_collective_exit_cleanly():
         assert codes == [0] * WORLD_SIZE, "\n".join(outputs)[-3000:]
 
 
+@pytest.mark.slow
 def test_teardown_joins_gloo_threads_although_a_ddp_model_is_alive():
     """A DistributedDataParallel wrapper alive at exit held the group past destroy_process_group (so did
     torch.distributed.nn.functional's default arguments), and gloo's threads ran on into interpreter shutdown,
