@@ -53,9 +53,10 @@ class ArxivArgs(RunArgs):
 
     def check(self, trainer_args) -> None:
         """Raise BadInputError naming the first ArXiv option that cannot work."""
-        if self.segment_size < 2:  # a block predicts its next tokens; the memory settings are checked already
-            raise BadInputError(f"segment size input_size - {self.input_size - self.segment_size} memory positions = "
-                                f"{self.segment_size}: expected >= 2")
+        segment_size = self.segment_size  # the memory settings are checked already
+        if segment_size < 2:  # a block predicts its next tokens
+            raise BadInputError(f"segment size input_size - {self.input_size - segment_size} memory positions = "
+                                f"{segment_size}: expected >= 2")
         sources = [name for name in ("dataset_path", "dataset_name", "text_files") if getattr(self, name)]
         if len(sources) > 1:
             raise BadInputError(f"several text sources given ({', '.join(sources)}): expected at most one")

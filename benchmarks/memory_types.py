@@ -7,8 +7,8 @@ measured step), for three memories on the same random-weight backbone:
 - associative: 10 write tokens and every layer's key-value memory, d_mem 64 (ARMT).
 
 Encoder: the offline MiniLM config (6 layers, hidden 384), input 512, batch 1 and 16, 8 and 64 segments,
-inference (no grad) and training (forward + backward, full BPTT; batch 16 over 2 segments, see GRID), plus the inference-memory flatness check at 8 vs
-256 segments. Decoder: the GPT-2 small config (12 layers, hidden 768), input 128. The targets: associative time per
+inference (no grad) and training (forward + backward, full BPTT; batch 16 over 2 segments, see GRID), plus the
+inference-memory flatness check at 8 vs 256 segments. Decoder: the GPT-2 small config (12 layers, hidden 768), input 128. The targets: associative time per
 segment at most 1.3x the memory tokens'; associative inference memory at 256 segments at most 1.1x that at 8.
 
     python benchmarks/memory_types.py                      # the whole grid (about 30 minutes on 2 cores)

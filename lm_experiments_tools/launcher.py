@@ -72,13 +72,14 @@ def first_failure(error) -> tuple[object, int]:
 def run_launcher(name: str, args: list[str]) -> None:
     """Run torchrun's or `accelerate launch`'s arguments `args` in this process; failures raise."""
     if name == "torchrun":
-        from torch.distributed.run import main as torchrun
-        quiet_process_logs()
-        torchrun(args)
-        return
-    from accelerate.commands.launch import launch_command, launch_command_parser
-    quiet_process_logs()
-    launch_command(launch_command_parser().parse_args(args))
+        from torch.distributed.run import main as start
+    else:
+        from accelerate.commands.launch import launch_command, launch_command_parser
+
+        def start(args):
+            launch_command(launch_command_parser().parse_args(args))
+    quiet_process_logs()  # once imported: the loggers exist
+    start(args)
 
 
 def quiet_process_logs() -> None:
